@@ -1,0 +1,261 @@
+package ipc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketpair returns both ends of a real unix socketpair, as the manager and
+// a worker use.
+func socketpair(t testing.TB) (a, b net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "ipc")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		t.Cleanup(func() { c.Close() })
+	}
+	return conns[0], conns[1]
+}
+
+func sampleMessages() []Message {
+	return []Message{
+		{Kind: Snapshot, Settings: &Settings{
+			Balance: "least_conn", ConnectTimeout: time.Second, ResponseHeaderTimeout: 30 * time.Second,
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 65536,
+			PreserveHost: true, StatsInterval: time.Second, LogLevel: "debug", LogFormat: "json", AccessLog: true,
+		}, Servers: Servers{
+			{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001", Weight: 1},
+			{ID: "[::1]:9002", URL: "https://[::1]:9002", Weight: 5, Down: true},
+		}},
+		{Kind: Snapshot, Settings: &Settings{}},
+		{Kind: AddServer, Servers: Servers{{ID: "10.0.0.5:8080", URL: "http://10.0.0.5:8080", Weight: 3}}},
+		{Kind: RemoveServer, ID: "10.0.0.5:8080"},
+		{Kind: MarkServerDown, ID: "10.0.0.5:8080"},
+		{Kind: MarkServerActive, ID: "10.0.0.5:8080"},
+		{Kind: Drain, DrainTimeout: 30 * time.Second},
+		{Kind: Drain},
+		{Kind: Ready, PID: 4242},
+		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2, Servers: ServerStatsList{
+			{ID: "127.0.0.1:9001", Success: 7, Failed: 1, ConnectFailed: 1},
+			{ID: "127.0.0.1:9002", Success: 3},
+		}}},
+		{Kind: ReportStats, Stats: &Stats{}},
+	}
+}
+
+func TestRoundTripEveryKind(t *testing.T) {
+	a, b := socketpair(t)
+	tx, rx := NewConn(a), NewConn(b)
+	want := sampleMessages()
+	seen := map[Kind]bool{}
+	go func() {
+		for i := range want {
+			if err := tx.Send(&want[i]); err != nil {
+				t.Errorf("Send(%s) = %v", want[i].Kind, err)
+				return
+			}
+		}
+		a.Close()
+	}()
+	for i := range want {
+		var got Message
+		if err := rx.Receive(&got); err != nil {
+			t.Fatalf("Receive() #%d = %v", i, err)
+		}
+		if !reflect.DeepEqual(got, want[i]) {
+			t.Errorf("Receive() #%d = %+v, want %+v", i, got, want[i])
+		}
+		seen[got.Kind] = true
+	}
+	var m Message
+	if err := rx.Receive(&m); err != io.EOF {
+		t.Errorf("Receive() after close = %v, want io.EOF", err)
+	}
+	for k := Snapshot; k <= ReportStats; k++ {
+		if !seen[k] {
+			t.Errorf("kind %s not covered by the round trip", k)
+		}
+	}
+}
+
+func TestLargeSnapshotRoundTrip(t *testing.T) {
+	a, b := socketpair(t)
+	tx, rx := NewConn(a), NewConn(b)
+	want := Message{Kind: Snapshot, Settings: &Settings{}}
+	for i := 0; i < 10000; i++ {
+		id := net.JoinHostPort("10.0."+itoa(i/250)+"."+itoa(i%250), "8080")
+		want.Servers = append(want.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	go func() {
+		if err := tx.Send(&want); err != nil {
+			t.Errorf("Send() = %v", err)
+		}
+	}()
+	var got Message
+	if err := rx.Receive(&got); err != nil {
+		t.Fatalf("Receive() = %v", err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Receive() of a 10,000-server snapshot differs from what was sent")
+	}
+}
+
+func itoa(i int) string { return string(appendInt(nil, i)) }
+
+func appendInt(b []byte, i int) []byte {
+	if i >= 10 {
+		b = appendInt(b, i/10)
+	}
+	return append(b, byte('0'+i%10))
+}
+
+func frame(payload []byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
+	return append(b, payload...)
+}
+
+func TestRejects(t *testing.T) {
+	huge := binary.BigEndian.AppendUint32(nil, MaxFrameSize+1)
+	tests := []struct {
+		name  string
+		input []byte
+		want  string
+	}{
+		{"oversized length", huge, "frame too large"},
+		{"max uint32 length", []byte{0xff, 0xff, 0xff, 0xff}, "frame too large"},
+		{"truncated header", []byte{0, 0}, "unexpected EOF"},
+		{"truncated payload", []byte{0, 0, 0, 9, 0x81}, "unexpected EOF"},
+		{"not msgpack", frame([]byte{0xc1}), "decoding message"},
+		{"not a map", frame([]byte{0x01}), "decoding message"},
+		{"unknown kind", frame([]byte{0x81, 0xa1, 'k', 0x63}), "unknown message kind 99"},
+		{"zero kind", frame([]byte{0x80}), "unknown message kind 0"},
+		{"snapshot without settings", frame([]byte{0x81, 0xa1, 'k', 0x01}), "without settings"},
+		{"remove without id", frame([]byte{0x81, 0xa1, 'k', 0x03}), "without a server ID"},
+		{"stats without stats", frame([]byte{0x81, 0xa1, 'k', 0x08}), "without stats"},
+		{"trailing bytes", frame([]byte{0x81, 0xa1, 'k', 0x07, 0x00}), "trailing bytes"},
+		// An array header claiming 2^32-1 servers in a 12-byte payload must
+		// fail on the missing entries, not allocate them.
+		{"lying array length", frame([]byte{0x82, 0xa1, 'k', 0x01, 0xa3, 's', 'r', 'v', 0xdd, 0xff, 0xff, 0xff}), "decoding message"},
+		{"array over limit", frame([]byte{0x81, 0xa3, 's', 'r', 'v', 0xdd, 0x7f, 0xff, 0xff, 0xff}), "limit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var m Message
+			p, err := ReadFrame(bytes.NewReader(tc.input), nil)
+			if err == nil {
+				err = Decode(p, &m)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ReadFrame+Decode(%x) = %v, want an error containing %q", tc.input, err, tc.want)
+			}
+		})
+	}
+	if _, err := ReadFrame(bytes.NewReader(huge), nil); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("ReadFrame(oversized) = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestSendRejectsOversizedMessage(t *testing.T) {
+	big := Message{Kind: RemoveServer, ID: strings.Repeat("x", MaxFrameSize)}
+	if _, err := AppendFrame(nil, &big); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("AppendFrame(oversized) = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func FuzzReadFrame(f *testing.F) {
+	for _, m := range sampleMessages() {
+		b, err := AppendFrame(nil, &m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Add(frame([]byte{0x82, 0xa1, 'k', 0x01, 0xa3, 's', 'r', 'v', 0xdd, 0xff, 0xff, 0xff}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		for {
+			p, err := ReadFrame(r, nil)
+			if err != nil {
+				return
+			}
+			var m Message
+			if Decode(p, &m) != nil {
+				continue
+			}
+			// Whatever decodes must encode and decode to the same message.
+			b, err := AppendFrame(nil, &m)
+			if err != nil {
+				t.Fatalf("AppendFrame(decoded %+v) = %v", m, err)
+			}
+			var again Message
+			p2, err := ReadFrame(bytes.NewReader(b), nil)
+			if err != nil {
+				t.Fatalf("ReadFrame(re-encoded) = %v", err)
+			}
+			if err := Decode(p2, &again); err != nil {
+				t.Fatalf("Decode(re-encoded %+v) = %v", m, err)
+			}
+			if !reflect.DeepEqual(normalize(m), normalize(again)) {
+				t.Fatalf("re-encoded message = %+v, want %+v", again, m)
+			}
+		}
+	})
+}
+
+// normalize maps empty lists to nil: omitempty drops them on encode.
+func normalize(m Message) Message {
+	if len(m.Servers) == 0 {
+		m.Servers = nil
+	}
+	if m.Stats != nil && len(m.Stats.Servers) == 0 {
+		s := *m.Stats
+		s.Servers = nil
+		m.Stats = &s
+	}
+	return m
+}
+
+func BenchmarkSendReceiveAddServer(b *testing.B) {
+	a, c := socketpair(b)
+	tx, rx := NewConn(a), NewConn(c)
+	m := Message{Kind: AddServer, Servers: Servers{{ID: "10.0.0.5:8080", URL: "http://10.0.0.5:8080", Weight: 1}}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var got Message
+		for i := 0; i < b.N; i++ {
+			if err := rx.Receive(&got); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if err := tx.Send(&m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
