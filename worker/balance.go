@@ -1,0 +1,151 @@
+package worker
+
+import (
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync/atomic"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// Selection policies, as named in proxy.balance.
+const (
+	RoundRobin         = "round_robin"
+	WeightedRoundRobin = "weighted_round_robin"
+	LeastConn          = "least_conn"
+	RandomTwo          = "random_two"
+)
+
+// backend is one server as a worker routes to it. A backend outlives the
+// snapshots that list it, so its counters and in-flight count carry over pool
+// changes.
+type backend struct {
+	id     string // host:port
+	scheme string // http or https
+	weight int    // at least 1
+
+	inflight atomic.Int64 // requests sent and not yet finished; least_conn reads it
+	stats    serverCounters
+}
+
+func newBackend(s ipc.Server) *backend {
+	b := &backend{id: s.ID, scheme: "http", weight: max(s.Weight, 1)}
+	if len(s.URL) > 5 && s.URL[:5] == "https" {
+		b.scheme = "https"
+	}
+	return b
+}
+
+// snapshot is an immutable view of the pool. The ipc loop builds a new one on
+// every change; requests only load it, so the request path takes no lock.
+type snapshot struct {
+	all []*backend // every server in the pool, up or down
+	up  []*backend // servers to route to
+
+	// Weighted round robin: cum[i] is the total weight of up[:i+1]; a
+	// request counter is scattered over [0, total) by a stride coprime with
+	// total, so each server gets its weight's share of every cycle without
+	// long runs of the same server.
+	cum    []int
+	total  int
+	stride int
+}
+
+func newSnapshot(all []*backend, down map[string]bool) *snapshot {
+	s := &snapshot{all: slices.Clone(all)}
+	for _, b := range all {
+		if !down[b.id] {
+			s.up = append(s.up, b)
+		}
+	}
+	if len(s.up) > 0 {
+		s.cum = make([]int, len(s.up))
+		for i, b := range s.up {
+			s.total += b.weight
+			s.cum[i] = s.total
+		}
+		s.stride = coprimeStride(s.total)
+	}
+	return s
+}
+
+// coprimeStride returns a step near total/φ that is coprime with total, so
+// that i*stride mod total visits every slot once per cycle.
+func coprimeStride(total int) int {
+	st := max(int(float64(total)*0.6180339887), 1)
+	for gcd(st, total) != 1 {
+		st++
+	}
+	return st
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// balancer picks a server from a snapshot by one policy. Its zero value is
+// round robin.
+type balancer struct {
+	policy string
+	next   atomic.Uint64
+}
+
+// pick returns a server that is up, or nil if none is.
+func (bl *balancer) pick(s *snapshot) *backend {
+	n := len(s.up)
+	switch {
+	case n == 0:
+		return nil
+	case n == 1:
+		return s.up[0]
+	}
+	switch bl.policy {
+	case WeightedRoundRobin:
+		slot := int((bl.next.Add(1) - 1) % uint64(s.total))
+		slot = int(uint64(slot) * uint64(s.stride) % uint64(s.total))
+		return s.up[sort.SearchInts(s.cum, slot+1)]
+	case LeastConn:
+		// Start where round robin would, so ties spread evenly.
+		start := int((bl.next.Add(1) - 1) % uint64(n))
+		best := s.up[start]
+		least := best.inflight.Load()
+		for i := 1; i < n && least > 0; i++ {
+			b := s.up[(start+i)%n]
+			if c := b.inflight.Load(); c < least {
+				best, least = b, c
+			}
+		}
+		return best
+	case RandomTwo:
+		a, b := s.up[rand.IntN(n)], s.up[rand.IntN(n)]
+		if b.inflight.Load() < a.inflight.Load() {
+			return b
+		}
+		return a
+	default:
+		return s.up[(bl.next.Add(1)-1)%uint64(n)]
+	}
+}
+
+// after returns the server that follows b among those up, for a retry after
+// b refused a connection, or nil when b is the only one. Retries walk the
+// list in order, so each server is tried at most once per request.
+func (s *snapshot) after(b *backend) *backend {
+	n := len(s.up)
+	for i, u := range s.up {
+		if u == b {
+			if n == 1 {
+				return nil
+			}
+			return s.up[(i+1)%n]
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return s.up[0]
+}

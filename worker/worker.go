@@ -1,0 +1,239 @@
+// Package worker is the proxying half of weldr. A worker process accepts
+// client connections on the listening socket it shares with its siblings and
+// forwards each request to a backend. Everything it knows -- settings and the
+// pool -- reaches it from the manager over its ipc socket; it never reads the
+// configuration file. Counters flow back the same way.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// worker is the state of one worker process.
+type worker struct {
+	snap     atomic.Pointer[snapshot] // what requests route by
+	balancer balancer
+	stats    stats
+	log      *slog.Logger
+
+	// The pool as the manager described it; only poolUpdates touches these.
+	servers []*backend
+	byID    map[string]*backend
+	down    map[string]bool
+}
+
+// Run serves proxy traffic on ln with the settings and pool the manager sends
+// over conn. It returns after the manager asks it to drain, closes conn, or
+// ctx ends: it then stops accepting, lets in-flight requests finish within
+// the drain timeout, sends its last stats and closes conn. Logs go to logOut
+// in the format the manager's settings name.
+func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) error {
+	c := ipc.NewConn(conn)
+	defer conn.Close()
+	var m ipc.Message
+	if err := c.Receive(&m); err != nil {
+		return fmt.Errorf("waiting for the pool snapshot: %w", err)
+	}
+	if m.Kind != ipc.Snapshot {
+		return fmt.Errorf("first message is %s, want Snapshot", m.Kind)
+	}
+	set := *m.Settings
+	w := &worker{
+		log:  newLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
+		byID: make(map[string]*backend),
+		down: make(map[string]bool),
+	}
+	w.balancer.policy = set.Balance
+	w.apply(&m)
+
+	p := newProxy(w, set.ConnectTimeout, set.ResponseHeaderTimeout)
+	p.preserveHost = set.PreserveHost
+	if set.AccessLog {
+		p.accessLog = w.log
+	}
+	defer p.transport.CloseIdleConnections()
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: set.ReadHeaderTimeout,
+		IdleTimeout:       set.IdleTimeout,
+		MaxHeaderBytes:    set.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+	}
+
+	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid()}); err != nil {
+		return fmt.Errorf("reporting ready: %w", err)
+	}
+	w.log.Debug("worker serving", "servers", len(w.servers))
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	interval := set.StatsInterval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	reportCtx, stopReporting := context.WithCancel(context.Background())
+	reported := make(chan error, 1)
+	go func() { reported <- w.statsReporter(reportCtx, c, interval) }()
+
+	updated := make(chan drainRequest, 1)
+	go func() { updated <- w.poolUpdates(c, set.DrainTimeout) }()
+
+	drain := set.DrainTimeout
+	var err error
+	select {
+	case <-ctx.Done():
+		w.log.Info("worker stopping", "reason", context.Cause(ctx))
+	case err = <-serveErr:
+		serveErr <- err
+		err = fmt.Errorf("serving: %w", err)
+	case d := <-updated:
+		updated <- d
+		drain = d.timeout
+		if d.err != nil && !errors.Is(d.err, io.EOF) {
+			w.log.Error("pool updates failed, draining", "error", d.err)
+		} else if d.err != nil {
+			w.log.Info("manager went away, draining")
+		}
+	}
+
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		w.log.Warn("drain timed out, closing connections", "timeout", drain)
+		srv.Close()
+	}
+	cancel()
+	stopReporting()
+	if rerr := <-reported; rerr != nil {
+		w.log.Debug("last stats report failed", "error", rerr)
+	}
+	conn.Close() // ends poolUpdates if it still runs
+	<-updated
+	if serr := <-serveErr; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = fmt.Errorf("serving: %w", serr)
+	}
+	return err
+}
+
+// drainRequest is how poolUpdates ended: a Drain message with its timeout, or
+// an error (io.EOF when the manager closed the pipe).
+type drainRequest struct {
+	timeout time.Duration
+	err     error
+}
+
+// poolUpdates applies the manager's pool changes until a Drain message or a
+// read error.
+func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainRequest {
+	var m ipc.Message
+	for {
+		if err := c.Receive(&m); err != nil {
+			return drainRequest{timeout: defaultDrain, err: err}
+		}
+		if m.Kind == ipc.Drain {
+			return drainRequest{timeout: m.DrainTimeout}
+		}
+		w.apply(&m)
+	}
+}
+
+// apply changes the pool as m says and publishes a new snapshot.
+func (w *worker) apply(m *ipc.Message) {
+	switch m.Kind {
+	case ipc.Snapshot:
+		keep := make(map[string]bool, len(m.Servers))
+		w.servers = w.servers[:0]
+		clear(w.down)
+		for _, s := range m.Servers {
+			keep[s.ID] = true
+			w.servers = append(w.servers, w.upsert(s))
+			if s.Down {
+				w.down[s.ID] = true
+			}
+		}
+		for id, b := range w.byID {
+			if !keep[id] {
+				delete(w.byID, id)
+				w.stats.retire(b)
+			}
+		}
+	case ipc.AddServer:
+		s := m.Servers[0]
+		b := w.upsert(s)
+		if i := w.index(s.ID); i >= 0 {
+			w.servers[i] = b
+		} else {
+			w.servers = append(w.servers, b)
+		}
+		if s.Down {
+			w.down[s.ID] = true
+		} else {
+			delete(w.down, s.ID)
+		}
+	case ipc.RemoveServer:
+		if i := w.index(m.ID); i >= 0 {
+			w.stats.retire(w.servers[i])
+			w.servers = append(w.servers[:i:i], w.servers[i+1:]...)
+			delete(w.byID, m.ID)
+			delete(w.down, m.ID)
+		}
+	case ipc.MarkServerDown:
+		if w.byID[m.ID] != nil {
+			w.down[m.ID] = true
+		}
+	case ipc.MarkServerActive:
+		delete(w.down, m.ID)
+	default:
+		w.log.Warn("ignoring unexpected message", "kind", m.Kind)
+		return
+	}
+	w.snap.Store(newSnapshot(w.servers, w.down))
+}
+
+// upsert returns the backend for s, reusing the existing one when nothing
+// requests read has changed, so that its counters carry on.
+func (w *worker) upsert(s ipc.Server) *backend {
+	nb := newBackend(s)
+	if b := w.byID[s.ID]; b != nil {
+		if b.scheme == nb.scheme && b.weight == nb.weight {
+			return b
+		}
+		w.stats.retire(b)
+	}
+	w.byID[s.ID] = nb
+	return nb
+}
+
+func (w *worker) index(id string) int {
+	for i, b := range w.servers {
+		if b.id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// newLogger returns a slog logger writing to out at level in format (text or
+// json). Unknown values fall back to info and text.
+func newLogger(out io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	if lv.UnmarshalText([]byte(level)) != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
+}
