@@ -23,7 +23,9 @@ type Kind uint8
 // ReportStats periodically.
 const (
 	// Snapshot (manager → worker) carries the proxy settings and the whole
-	// pool. It replaces whatever the worker had.
+	// pool. Its pool replaces whatever pool the worker had; its settings
+	// count only in the first Snapshot, since a worker's settings are fixed
+	// for its life (new settings come with a new generation).
 	Snapshot Kind = iota + 1
 	// AddServer (manager → worker) adds one server, or updates the settings
 	// of the server with the same ID.

@@ -23,6 +23,7 @@ type proxy struct {
 	preserveHost bool
 	accessLog    *slog.Logger // nil: no access log
 	bufs         sync.Pool    // *[]byte of bufSize, for body copies
+	tunnels      tunnels      // hijacked connections, which the server no longer tracks
 }
 
 const bufSize = 64 << 10
@@ -94,13 +95,13 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			break
 		}
-		b.inflight.Add(-1)
 		var ce *connectError
 		if !errors.As(err, &ce) {
 			break
 		}
 		b.stats.failed.Add(1)
 		b.stats.connectFailed.Add(1)
+		b.inflight.Add(-1)
 		next := s.after(b)
 		if next == nil || tries >= len(s.up) || (body != nil && body.started()) || r.Context().Err() != nil {
 			b = nil // already counted
@@ -111,6 +112,9 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		p.roundTripFailed(rw, r, start, b, body, err)
+		if b != nil {
+			b.inflight.Add(-1)
+		}
 		return
 	}
 	defer b.inflight.Add(-1)
@@ -120,11 +124,31 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	bp := p.bufs.Get().(*[]byte)
+	defer p.bufs.Put(bp)
+	buf := *bp
+	// With a known length, read the first chunk before committing the
+	// status line: a backend that fails before sending any of its body
+	// still gets the client a clean 502. Streams go out at once.
+	var first int
+	if res.ContentLength > 0 {
+		var err error
+		first, err = readSome(res.Body, buf)
+		if err != nil && err != io.EOF {
+			res.Body.Close()
+			p.roundTripFailed(rw, r, start, b, nil, err)
+			return
+		}
+	}
+
 	h := rw.Header()
 	copyHeader(h, res.Header)
 	h["Via"] = append(h["Via"], via)
+	if p.w.draining.Load() {
+		h["Connection"] = []string{"close"}
+	}
 	rw.WriteHeader(res.StatusCode)
-	n, readErr, writeErr := p.copyBody(rw, res.Body, res.ContentLength == -1)
+	n, readErr, writeErr := copyBody(rw, res.Body, buf, first, res.ContentLength == -1)
 	res.Body.Close()
 	if len(res.Trailer) > 0 {
 		for k, vv := range res.Trailer {
@@ -150,7 +174,10 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		// The backend broke off mid-body. Returning normally would end a
 		// chunked response cleanly and pass a truncated body as whole;
 		// aborting closes the client's connection instead.
+		// Flushing first shows the client the status and what did arrive,
+		// so it sees a short body rather than no answer at all.
 		p.w.log.Debug("backend broke off the response", "server", b.id, "error", readErr)
+		http.NewResponseController(rw).Flush()
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -186,6 +213,9 @@ func (p *proxy) generated(rw http.ResponseWriter, r *http.Request, start time.Ti
 	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
 	h["Content-Length"] = []string{strconv.Itoa(len(msg))}
 	h["Cache-Control"] = []string{"no-store"}
+	if p.w.draining.Load() {
+		h["Connection"] = []string{"close"}
+	}
 	rw.WriteHeader(code)
 	io.WriteString(rw, msg)
 	p.logAccess(r, code, int64(len(msg)), start, b)
@@ -287,18 +317,31 @@ func upgradeType(h http.Header) string {
 	return ""
 }
 
-// copyBody streams a response body to the client, flushing after each chunk
-// when the response has no length (streams, server-sent events).
-func (p *proxy) copyBody(rw http.ResponseWriter, body io.Reader, flush bool) (n int64, readErr, writeErr error) {
-	bp := p.bufs.Get().(*[]byte)
-	defer p.bufs.Put(bp)
-	buf := *bp
+// readSome reads until it has at least one byte or an error.
+func readSome(r io.Reader, buf []byte) (int, error) {
+	for {
+		n, err := r.Read(buf)
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+}
+
+// copyBody streams a response body to the client, starting with the first
+// bytes already in buf, and flushing after each chunk when the response has
+// no length (streams, server-sent events).
+func copyBody(rw http.ResponseWriter, body io.Reader, buf []byte, first int, flush bool) (n int64, readErr, writeErr error) {
 	var fl http.Flusher
 	if flush {
 		fl, _ = rw.(http.Flusher)
 	}
 	for {
-		nr, rerr := body.Read(buf)
+		nr, rerr := first, error(nil)
+		if first > 0 {
+			first = 0
+		} else {
+			nr, rerr = body.Read(buf)
+		}
 		if nr > 0 {
 			nw, werr := rw.Write(buf[:nr])
 			n += int64(nw)
@@ -329,6 +372,8 @@ func (p *proxy) tunnel(rw http.ResponseWriter, r *http.Request, res *http.Respon
 		return
 	}
 	defer backConn.Close()
+	tu := p.tunnels.begin()
+	defer p.tunnels.end(tu)
 	conn, brw, err := http.NewResponseController(rw).Hijack()
 	if err != nil {
 		b.stats.failed.Add(1)
@@ -336,6 +381,7 @@ func (p *proxy) tunnel(rw http.ResponseWriter, r *http.Request, res *http.Respon
 		return
 	}
 	defer conn.Close()
+	p.tunnels.attach(tu, conn)
 	b.stats.success.Add(1)
 	p.w.stats.clientSuccess.Add(1)
 	p.logAccess(r, res.StatusCode, 0, start, b)

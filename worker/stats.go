@@ -43,13 +43,21 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 			out.Servers = append(out.Servers, ipc.ServerStats{ID: b.id, Success: ok, Failed: fail, ConnectFailed: cf})
 		}
 	}
+	// A retired server is reported until no request to it is in flight:
+	// those still count when they finish.
 	st.mu.Lock()
 	retired := st.retired
 	st.retired = nil
-	st.mu.Unlock()
 	for _, b := range retired {
+		// Requests count their outcome before they leave inflight, so
+		// reading inflight first means nothing can slip between.
+		busy := b.inflight.Load() > 0
 		add(b)
+		if busy {
+			st.retired = append(st.retired, b)
+		}
 	}
+	st.mu.Unlock()
 	for _, b := range s.all {
 		add(b)
 	}

@@ -23,6 +23,7 @@ import (
 // worker is the state of one worker process.
 type worker struct {
 	snap     atomic.Pointer[snapshot] // what requests route by
+	draining atomic.Bool              // responses say "Connection: close"
 	balancer balancer
 	stats    stats
 	log      *slog.Logger
@@ -42,7 +43,12 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	c := ipc.NewConn(conn)
 	defer conn.Close()
 	var m ipc.Message
-	if err := c.Receive(&m); err != nil {
+	stopWaiting := context.AfterFunc(ctx, func() { conn.Close() })
+	err := c.Receive(&m)
+	if !stopWaiting() || ctx.Err() != nil {
+		return fmt.Errorf("waiting for the pool snapshot: %w", context.Cause(ctx))
+	}
+	if err != nil {
 		return fmt.Errorf("waiting for the pool snapshot: %w", err)
 	}
 	if m.Kind != ipc.Snapshot {
@@ -63,8 +69,10 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		p.accessLog = w.log
 	}
 	defer p.transport.CloseIdleConnections()
+	conns := newConnCount()
 	srv := &http.Server{
 		Handler:           p,
+		ConnState:         conns.track,
 		ReadHeaderTimeout: set.ReadHeaderTimeout,
 		IdleTimeout:       set.IdleTimeout,
 		MaxHeaderBytes:    set.MaxHeaderBytes,
@@ -91,13 +99,13 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	go func() { updated <- w.poolUpdates(c, set.DrainTimeout) }()
 
 	drain := set.DrainTimeout
-	var err error
+	err = nil
 	select {
 	case <-ctx.Done():
 		w.log.Info("worker stopping", "reason", context.Cause(ctx))
-	case err = <-serveErr:
-		serveErr <- err
-		err = fmt.Errorf("serving: %w", err)
+	case serr := <-serveErr:
+		serveErr <- serr
+		err = fmt.Errorf("serving: %w", serr)
 	case d := <-updated:
 		updated <- d
 		drain = d.timeout
@@ -108,21 +116,14 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		}
 	}
 
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	if serr := srv.Shutdown(sctx); serr != nil {
-		w.log.Warn("drain timed out, closing connections", "timeout", drain)
-		srv.Close()
-	}
-	cancel()
+	w.drain(srv, ln, p, conns, drain)
 	stopReporting()
 	if rerr := <-reported; rerr != nil {
 		w.log.Debug("last stats report failed", "error", rerr)
 	}
 	conn.Close() // ends poolUpdates if it still runs
 	<-updated
-	if serr := <-serveErr; err == nil && !errors.Is(serr, http.ErrServerClosed) {
-		err = fmt.Errorf("serving: %w", serr)
-	}
+	<-serveErr // ends with the listener closed by the drain
 	return err
 }
 

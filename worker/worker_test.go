@@ -1,0 +1,832 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// waitLimit bounds every wait in these tests. It is generous: the tests never
+// come near it unless something is broken.
+const waitLimit = 10 * time.Second
+
+// testSettings are the worker settings the tests use unless they say
+// otherwise: short timeouts and frequent stats reports.
+func testSettings() ipc.Settings {
+	return ipc.Settings{
+		ConnectTimeout:        500 * time.Millisecond,
+		ResponseHeaderTimeout: time.Second,
+		ReadHeaderTimeout:     5 * time.Second,
+		IdleTimeout:           30 * time.Second,
+		MaxHeaderBytes:        65536,
+		PreserveHost:          true,
+		StatsInterval:         50 * time.Millisecond,
+		DrainTimeout:          2 * time.Second,
+		LogLevel:              "debug",
+	}
+}
+
+// socketpair returns both ends of a real unix socketpair, as the manager and
+// a worker use.
+func socketpair(t testing.TB) (mgr, wrk *net.UnixConn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "ipc")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*net.UnixConn)
+		t.Cleanup(func() { c.Close() })
+	}
+	return conns[0], conns[1]
+}
+
+// syncBuffer is a bytes.Buffer safe for the worker's concurrent logging.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (sb *syncBuffer) Write(p []byte) (int, error) {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.b.Write(p)
+}
+
+func (sb *syncBuffer) String() string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.b.String()
+}
+
+// harness is a worker running Run in a goroutine, with the test playing its
+// manager.
+type harness struct {
+	url    string // http://127.0.0.1:port, the proxy
+	addr   string // 127.0.0.1:port
+	mgr    *ipc.Conn
+	pipe   *net.UnixConn // the manager's end of the socketpair
+	cancel context.CancelFunc
+	client *http.Client
+	logs   *syncBuffer
+
+	answered atomic.Int64 // responses get read whole
+
+	runDone chan error // Run's result
+	ran     bool       // runErr holds Run's result
+	runErr  error
+
+	mu         sync.Mutex // guards reports and unexpected
+	reports    []ipc.Stats
+	unexpected []ipc.Kind
+	reading    bool          // statsReader was started
+	readerDone chan struct{} // closed when statsReader got an error (EOF once Run closed the pipe)
+}
+
+// startWorker runs a worker with set and servers, waits for its Ready and
+// collects its stats reports. Everything it starts is stopped in t.Cleanup.
+func startWorker(t *testing.T, set ipc.Settings, servers ...ipc.Server) *harness {
+	t.Helper()
+	h := launchWorker(t)
+	if err := h.mgr.Send(&ipc.Message{Kind: ipc.Snapshot, Settings: &set, Servers: servers}); err != nil {
+		t.Fatalf("Send(Snapshot) = %v", err)
+	}
+	h.pipe.SetReadDeadline(time.Now().Add(waitLimit))
+	var m ipc.Message
+	if err := h.mgr.Receive(&m); err != nil {
+		t.Fatalf("Receive() waiting for Ready = %v", err)
+	}
+	h.pipe.SetReadDeadline(time.Time{})
+	if m.Kind != ipc.Ready || m.PID != os.Getpid() {
+		t.Fatalf("first message from the worker = %s with PID %d, want Ready with PID %d", m.Kind, m.PID, os.Getpid())
+	}
+	h.reading = true
+	go h.statsReader()
+	return h
+}
+
+// launchWorker starts Run without sending it anything.
+func launchWorker(t *testing.T) *harness {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	mgr, wrk := socketpair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &http.Transport{Proxy: nil, DisableCompression: true}
+	h := &harness{
+		url:        "http://" + ln.Addr().String(),
+		addr:       ln.Addr().String(),
+		mgr:        ipc.NewConn(mgr),
+		pipe:       mgr,
+		cancel:     cancel,
+		client:     &http.Client{Transport: tr, Timeout: waitLimit},
+		logs:       &syncBuffer{},
+		runDone:    make(chan error, 1),
+		readerDone: make(chan struct{}),
+	}
+	go func() { h.runDone <- Run(ctx, ln, wrk, h.logs) }()
+	t.Cleanup(func() {
+		tr.CloseIdleConnections() // a drain need not wait out idle keep-alive connections
+		cancel()
+		if ok, _ := h.waitRun(waitLimit); !ok {
+			t.Errorf("Run did not return within %v of its context ending", waitLimit)
+			mgr.Close()
+			if ok, _ := h.waitRun(waitLimit); !ok {
+				t.Errorf("Run did not return within %v of its pipe closing either", waitLimit)
+			}
+		}
+		mgr.Close()
+		if h.reading {
+			<-h.readerDone // the pipe is closed: Receive fails at once
+		}
+		tr.CloseIdleConnections()
+		if t.Failed() {
+			t.Logf("worker log:\n%s", h.logs.String())
+		}
+	})
+	return h
+}
+
+// statsReader plays the manager's receiving side: it collects ReportStats
+// until the pipe fails, normally with EOF after Run closed it.
+func (h *harness) statsReader() {
+	defer close(h.readerDone)
+	for {
+		var m ipc.Message
+		if err := h.mgr.Receive(&m); err != nil {
+			return
+		}
+		h.mu.Lock()
+		if m.Kind == ipc.ReportStats {
+			h.reports = append(h.reports, *m.Stats)
+		} else {
+			h.unexpected = append(h.unexpected, m.Kind)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// waitRun waits up to d for Run to return, and reports whether it did and
+// what it returned.
+func (h *harness) waitRun(d time.Duration) (bool, error) {
+	if h.ran {
+		return true, h.runErr
+	}
+	select {
+	case err := <-h.runDone:
+		h.ran, h.runErr = true, err
+		return true, err
+	default:
+	}
+	if d <= 0 {
+		return false, nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case err := <-h.runDone:
+		h.ran, h.runErr = true, err
+		return true, err
+	case <-timer.C:
+		return false, nil
+	}
+}
+
+// mustReturn waits for Run to return and for its pipe to reach EOF, and
+// fails the test if Run does not return nil.
+func (h *harness) mustReturn(t *testing.T) {
+	t.Helper()
+	ok, err := h.waitRun(waitLimit)
+	if !ok {
+		t.Fatalf("Run did not return within %v", waitLimit)
+	}
+	if err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+	select {
+	case <-h.readerDone:
+	case <-time.After(waitLimit):
+		t.Fatalf("the worker's end of the pipe was not closed within %v of Run returning", waitLimit)
+	}
+}
+
+// send sends m to the worker as its manager.
+func (h *harness) send(t *testing.T, m ipc.Message) {
+	t.Helper()
+	if err := h.mgr.Send(&m); err != nil {
+		t.Fatalf("Send(%s) = %v", m.Kind, err)
+	}
+}
+
+// finish drains the worker, waits for Run to return nil, and returns the sum
+// of every stats report it sent.
+func (h *harness) finish(t *testing.T) totals {
+	t.Helper()
+	h.client.CloseIdleConnections()
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 2 * time.Second})
+	h.mustReturn(t)
+	return h.totals()
+}
+
+// totals are stats summed over reports.
+type totals struct {
+	clientSuccess, clientFailed uint64
+	servers                     map[string]ipc.ServerStats
+}
+
+func (h *harness) totals() totals {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sum := totals{servers: map[string]ipc.ServerStats{}}
+	for _, r := range h.reports {
+		sum.clientSuccess += r.ClientSuccess
+		sum.clientFailed += r.ClientFailed
+		for _, s := range r.Servers {
+			t := sum.servers[s.ID]
+			t.ID = s.ID
+			t.Success += s.Success
+			t.Failed += s.Failed
+			t.ConnectFailed += s.ConnectFailed
+			sum.servers[s.ID] = t
+		}
+	}
+	return sum
+}
+
+// waitTotals polls the reports until cond holds for their sum.
+func (h *harness) waitTotals(t *testing.T, what string, cond func(totals) bool) totals {
+	t.Helper()
+	var sum totals
+	waitFor(t, what, func() bool {
+		sum = h.totals()
+		return cond(sum)
+	})
+	return sum
+}
+
+// checkServer compares one server's summed stats with want.
+func checkServer(t *testing.T, sum totals, want ipc.ServerStats) {
+	t.Helper()
+	if got := sum.servers[want.ID]; got.Success != want.Success || got.Failed != want.Failed || got.ConnectFailed != want.ConnectFailed {
+		t.Errorf("stats of %s = success %d, failed %d, connect failed %d; want %d, %d, %d",
+			want.ID, got.Success, got.Failed, got.ConnectFailed, want.Success, want.Failed, want.ConnectFailed)
+	}
+}
+
+// checkClients compares the summed client counters with want.
+func checkClients(t *testing.T, sum totals, success, failed uint64) {
+	t.Helper()
+	if sum.clientSuccess != success || sum.clientFailed != failed {
+		t.Errorf("client stats = success %d, failed %d; want %d, %d", sum.clientSuccess, sum.clientFailed, success, failed)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after waitLimit.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", waitLimit, what)
+		}
+		<-tick.C
+	}
+}
+
+// waitListenerClosed polls until the proxy refuses new connections, which
+// means the worker has started to drain.
+func (h *harness) waitListenerClosed(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the worker to stop accepting", func() bool {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+}
+
+// origin starts an httptest backend, stopped in t.Cleanup, and returns it
+// with the ipc.Server that names it.
+func origin(t *testing.T, handler http.HandlerFunc) (*httptest.Server, ipc.Server) {
+	t.Helper()
+	srv := httptest.NewServer(handler)
+	t.Cleanup(srv.Close)
+	return srv, serverOf(t, srv.URL)
+}
+
+// serverOf returns the ipc.Server for a URL, as the manager would send it.
+func serverOf(t *testing.T, rawURL string) ipc.Server {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ipc.Server{ID: u.Host, URL: u.Scheme + "://" + u.Host, Weight: 1}
+}
+
+// named starts a backend that answers every request with its name.
+func named(t *testing.T, name string) ipc.Server {
+	t.Helper()
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Origin", name)
+		io.WriteString(w, name)
+	})
+	return s
+}
+
+// refusing returns a server whose port refuses connections: a listener that
+// was opened and closed again.
+func refusing(t *testing.T) ipc.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return ipc.Server{ID: addr, URL: "http://" + addr, Weight: 1}
+}
+
+// get sends GET path to the proxy and returns the status and body.
+func (h *harness) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	res, err := h.client.Get(h.url + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", path, err)
+	}
+	h.answered.Add(1)
+	return res.StatusCode, string(b)
+}
+
+// waitRouting sends requests until a whole round of them reaches exactly the
+// backends named in want, so that a pool change sent before is in effect.
+// Requests run one at a time, so once a round misses a server that the old
+// pool routed to, every later request routes by the new pool.
+func (h *harness) waitRouting(t *testing.T, want ...string) {
+	t.Helper()
+	const round = 8 // twice the largest pool these tests use
+	wantSet := map[string]bool{}
+	for _, w := range want {
+		wantSet[w] = true
+	}
+	var last map[string]int
+	waitFor(t, "routing to exactly "+strings.Join(want, ", "), func() bool {
+		last = map[string]int{}
+		for i := 0; i < round; i++ {
+			_, body := h.get(t, "/")
+			last[body]++
+		}
+		if len(last) != len(wantSet) {
+			return false
+		}
+		for name := range last {
+			if !wantSet[name] {
+				return false
+			}
+		}
+		return true
+	})
+	// Round robin: the next requests cycle through want, each once a cycle.
+	seq := make([]string, 2*len(want))
+	for i := range seq {
+		_, seq[i] = h.get(t, "/")
+	}
+	for i := range want {
+		if seq[i] != seq[i+len(want)] {
+			t.Fatalf("requests reached %v, want a round robin cycle over %v", seq, want)
+		}
+	}
+}
+
+func TestRunReportsReady(t *testing.T) {
+	a := named(t, "a")
+	h := startWorker(t, testSettings(), a) // checks Ready and its PID
+	if code, body := h.get(t, "/"); code != http.StatusOK || body != "a" {
+		t.Errorf("GET / = %d %q, want 200 \"a\"", code, body)
+	}
+}
+
+func TestRunRejectsFirstMessageNotSnapshot(t *testing.T) {
+	h := launchWorker(t)
+	h.send(t, ipc.Message{Kind: ipc.AddServer, Servers: ipc.Servers{{ID: "127.0.0.1:1", URL: "http://127.0.0.1:1"}}})
+	ok, err := h.waitRun(waitLimit)
+	if !ok {
+		t.Fatalf("Run did not return after a first message other than Snapshot")
+	}
+	if err == nil || !strings.Contains(err.Error(), "Snapshot") {
+		t.Errorf("Run() = %v, want an error saying it wanted a Snapshot", err)
+	}
+}
+
+func TestRunFailsWhenManagerLeavesBeforeSnapshot(t *testing.T) {
+	h := launchWorker(t)
+	h.pipe.Close()
+	ok, err := h.waitRun(waitLimit)
+	if !ok {
+		t.Fatalf("Run did not return after its pipe closed")
+	}
+	if !errors.Is(err, io.EOF) {
+		t.Errorf("Run() = %v, want an error wrapping io.EOF", err)
+	}
+}
+
+func TestRunStopsOnContextBeforeSnapshot(t *testing.T) {
+	h := launchWorker(t)
+	h.cancel()
+	ok, err := h.waitRun(waitLimit)
+	if !ok {
+		t.Errorf("Run did not return within %v of its context ending while it waited for the Snapshot", waitLimit)
+		h.pipe.Close()
+	} else if err == nil {
+		t.Errorf("Run() = nil after its context ended before the Snapshot, want an error")
+	}
+}
+
+func TestRoundRobinAcrossBackends(t *testing.T) {
+	h := startWorker(t, testSettings(), named(t, "a"), named(t, "b"), named(t, "c"))
+	var got []string
+	for i := 0; i < 9; i++ {
+		_, body := h.get(t, "/")
+		got = append(got, body)
+	}
+	want := []string{"a", "b", "c", "a", "b", "c", "a", "b", "c"}
+	if strings.Join(got, "") != strings.Join(want, "") {
+		t.Errorf("requests reached %v, want %v", got, want)
+	}
+}
+
+func TestBalanceSetting(t *testing.T) {
+	set := testSettings()
+	set.Balance = WeightedRoundRobin
+	a, b := named(t, "a"), named(t, "b")
+	b.Weight = 3
+	h := startWorker(t, set, a, b)
+	got := map[string]int{}
+	for i := 0; i < 8; i++ {
+		_, body := h.get(t, "/")
+		got[body]++
+	}
+	if got["a"] != 2 || got["b"] != 6 {
+		t.Errorf("8 requests over weights a=1 b=3 reached %v, want a 2 and b 6", got)
+	}
+}
+
+func TestPoolUpdates(t *testing.T) {
+	a, b, c, d := named(t, "a"), named(t, "b"), named(t, "c"), named(t, "d")
+	h := startWorker(t, testSettings(), a, b)
+	h.waitRouting(t, "a", "b")
+
+	steps := []struct {
+		name string
+		msg  ipc.Message
+		want []string
+	}{
+		{"add c", ipc.Message{Kind: ipc.AddServer, Servers: ipc.Servers{c}}, []string{"a", "b", "c"}},
+		{"mark a down", ipc.Message{Kind: ipc.MarkServerDown, ID: a.ID}, []string{"b", "c"}},
+		{"remove b", ipc.Message{Kind: ipc.RemoveServer, ID: b.ID}, []string{"c"}},
+		{"mark a active", ipc.Message{Kind: ipc.MarkServerActive, ID: a.ID}, []string{"a", "c"}},
+		{"add c again", ipc.Message{Kind: ipc.AddServer, Servers: ipc.Servers{c}}, []string{"a", "c"}},
+		{"add d down", ipc.Message{Kind: ipc.AddServer, Servers: ipc.Servers{{ID: d.ID, URL: d.URL, Down: true}}}, []string{"a", "c"}},
+		{"mark d active", ipc.Message{Kind: ipc.MarkServerActive, ID: d.ID}, []string{"a", "c", "d"}},
+		{"remove unknown", ipc.Message{Kind: ipc.RemoveServer, ID: "127.0.0.1:1"}, []string{"a", "c", "d"}},
+		{"mark unknown down", ipc.Message{Kind: ipc.MarkServerDown, ID: "127.0.0.1:1"}, []string{"a", "c", "d"}},
+		{"new snapshot", ipc.Message{Kind: ipc.Snapshot, Settings: ptr(testSettings()), Servers: ipc.Servers{b, {ID: c.ID, URL: c.URL, Down: true}, d}}, []string{"b", "d"}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			h.send(t, st.msg)
+			h.waitRouting(t, st.want...)
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestStatsReports(t *testing.T) {
+	a, b, c := named(t, "a"), named(t, "b"), named(t, "c")
+	h := startWorker(t, testSettings(), a, b, c)
+	const n = 30
+	for i := 0; i < n; i++ {
+		if code, _ := h.get(t, "/"); code != http.StatusOK {
+			t.Fatalf("GET / = %d, want 200", code)
+		}
+	}
+	sum := h.waitTotals(t, "stats of 30 requests", func(s totals) bool { return s.clientSuccess >= n })
+	checkClients(t, sum, n, 0)
+	for _, s := range []ipc.Server{a, b, c} {
+		checkServer(t, sum, ipc.ServerStats{ID: s.ID, Success: n / 3})
+	}
+	if len(sum.servers) != 3 {
+		t.Errorf("stats name %d servers, want 3", len(sum.servers))
+	}
+
+	// Reports are deltas: draining reports nothing more.
+	sum = h.finish(t)
+	checkClients(t, sum, n, 0)
+	for _, s := range []ipc.Server{a, b, c} {
+		checkServer(t, sum, ipc.ServerStats{ID: s.ID, Success: n / 3})
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.unexpected) > 0 {
+		t.Errorf("the worker sent %v after Ready, want only ReportStats", h.unexpected)
+	}
+	for i, r := range h.reports {
+		if r.ClientSuccess == 0 && r.ClientFailed == 0 && len(r.Servers) == 0 {
+			t.Errorf("report %d is empty, want reports only when something changed", i)
+		}
+	}
+}
+
+// slowOrigin is a backend whose /slow requests wait until released.
+type slowOrigin struct {
+	server  ipc.Server
+	arrived chan struct{} // receives once per /slow request that came in
+	release chan struct{} // closed to let /slow requests finish
+	once    sync.Once
+}
+
+func newSlowOrigin(t *testing.T, name string) *slowOrigin {
+	t.Helper()
+	so := &slowOrigin{arrived: make(chan struct{}, 16), release: make(chan struct{})}
+	_, so.server = origin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Origin", name)
+		if r.URL.Path == "/slow" {
+			so.arrived <- struct{}{}
+			select {
+			case <-so.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, name)
+	})
+	t.Cleanup(so.free) // runs before the backend's Close: it must not wait on a blocked handler
+	return so
+}
+
+func (so *slowOrigin) free() { so.once.Do(func() { close(so.release) }) }
+
+// waitArrived waits for a /slow request to reach the backend.
+func (so *slowOrigin) waitArrived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-so.arrived:
+	case <-time.After(waitLimit):
+		t.Fatalf("the slow request did not reach its backend within %v", waitLimit)
+	}
+}
+
+// result is what a client got for a request sent in the background.
+type result struct {
+	code int
+	body string
+	hdr  http.Header
+	err  error
+}
+
+// getAsync sends GET path in the background; the channel gets its result.
+func (h *harness) getAsync(path string) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		res, err := h.client.Get(h.url + path)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		ch <- result{code: res.StatusCode, body: string(b), hdr: res.Header, err: err}
+	}()
+	return ch
+}
+
+func waitResult(t *testing.T, ch <-chan result) result {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(waitLimit):
+		t.Fatalf("no response within %v", waitLimit)
+		return result{}
+	}
+}
+
+func TestDrainFinishesInFlightRequest(t *testing.T) {
+	so := newSlowOrigin(t, "slow")
+	h := startWorker(t, testSettings(), so.server)
+	res := h.getAsync("/slow")
+	so.waitArrived(t)
+
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 5 * time.Second})
+	h.waitListenerClosed(t)
+	if ok, err := h.waitRun(0); ok {
+		t.Fatalf("Run() = %v while a request was still in flight, want it to wait", err)
+	}
+	so.free()
+	if r := waitResult(t, res); r.err != nil || r.code != http.StatusOK || r.body != "slow" {
+		t.Errorf("in-flight GET /slow = %d %q, %v; want 200 \"slow\"", r.code, r.body, r.err)
+	}
+	h.mustReturn(t)
+	sum := h.totals()
+	checkClients(t, sum, 1, 0)
+	checkServer(t, sum, ipc.ServerStats{ID: so.server.ID, Success: 1})
+}
+
+func TestDrainTimeoutCutsSlowRequest(t *testing.T) {
+	for _, timeout := range []time.Duration{100 * time.Millisecond, 0} {
+		t.Run(timeout.String(), func(t *testing.T) {
+			so := newSlowOrigin(t, "slow")
+			h := startWorker(t, testSettings(), so.server)
+			res := h.getAsync("/slow")
+			so.waitArrived(t)
+			h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: timeout})
+			h.mustReturn(t) // the request never finishes: Run must give up on it
+			if r := waitResult(t, res); r.err == nil {
+				t.Errorf("GET /slow cut by a drain timeout of %v = %d %q, want an error", timeout, r.code, r.body)
+			}
+		})
+	}
+}
+
+func TestRunEndsWhenManagerCloses(t *testing.T) {
+	so := newSlowOrigin(t, "slow")
+	h := startWorker(t, testSettings(), so.server)
+	res := h.getAsync("/slow")
+	so.waitArrived(t)
+	h.pipe.Close()
+	h.waitListenerClosed(t)
+	so.free()
+	if r := waitResult(t, res); r.err != nil || r.code != http.StatusOK {
+		t.Errorf("in-flight GET /slow = %d, %v; want 200", r.code, r.err)
+	}
+	ok, err := h.waitRun(waitLimit)
+	if !ok {
+		t.Fatalf("Run did not return within %v of its manager closing the pipe", waitLimit)
+	}
+	if err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+}
+
+func TestLastStatsBeforeExit(t *testing.T) {
+	tests := []struct {
+		name string
+		stop func(h *harness, t *testing.T)
+	}{
+		{"drain", func(h *harness, t *testing.T) {
+			h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Second})
+		}},
+		{"manager closed its side", func(h *harness, t *testing.T) {
+			if err := h.pipe.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"context canceled", func(h *harness, t *testing.T) { h.cancel() }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			set := testSettings()
+			set.StatsInterval = time.Hour // only the last report
+			a := named(t, "a")
+			h := startWorker(t, set, a)
+			for i := 0; i < 3; i++ {
+				h.get(t, "/")
+			}
+			h.client.CloseIdleConnections() // the drain need not wait out its grace
+			tc.stop(h, t)
+			h.mustReturn(t)
+			h.mu.Lock()
+			reports := h.reports
+			h.mu.Unlock()
+			if len(reports) != 1 {
+				t.Fatalf("got %d stats reports before the pipe closed, want 1", len(reports))
+			}
+			sum := h.totals()
+			checkClients(t, sum, 3, 0)
+			checkServer(t, sum, ipc.ServerStats{ID: a.ID, Success: 3})
+		})
+	}
+}
+
+func TestNoLastStatsWhenNothingHappened(t *testing.T) {
+	set := testSettings()
+	set.StatsInterval = time.Hour
+	h := startWorker(t, set, named(t, "a"))
+	h.finish(t)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.reports) != 0 {
+		t.Errorf("got %d stats reports from an idle worker, want 0", len(h.reports))
+	}
+}
+
+func TestRemovedServerStatsKeepInFlightRequests(t *testing.T) {
+	so := newSlowOrigin(t, "a")
+	b := named(t, "b")
+	h := startWorker(t, testSettings(), so.server, b)
+	res := h.getAsync("/slow") // round robin: the first request goes to a
+	so.waitArrived(t)
+
+	h.send(t, ipc.Message{Kind: ipc.RemoveServer, ID: so.server.ID})
+	h.waitRouting(t, "b")
+	// A report taken after the removal: a's last counts are reported then.
+	h.waitTotals(t, "a report after the removal", func(s totals) bool {
+		return s.clientSuccess >= uint64(h.answered.Load())
+	})
+
+	so.free()
+	if r := waitResult(t, res); r.err != nil || r.code != http.StatusOK {
+		t.Fatalf("in-flight GET /slow = %d, %v; want 200", r.code, r.err)
+	}
+	sum := h.finish(t)
+	var servers uint64
+	for _, s := range sum.servers {
+		servers += s.Success
+	}
+	if servers != sum.clientSuccess {
+		t.Errorf("servers' success sums to %d but client success is %d: the request in flight to a removed server was not counted (a: %+v)",
+			servers, sum.clientSuccess, sum.servers[so.server.ID])
+	}
+	checkServer(t, sum, ipc.ServerStats{ID: so.server.ID, Success: 1})
+}
+
+// rawOrigin is a backend that speaks raw TCP, for answers httptest cannot
+// give (truncated bodies, exact header lines).
+func rawOrigin(t *testing.T, handle func(c net.Conn, br *bufio.Reader)) ipc.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards conns
+		conns = map[net.Conn]bool{}
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(waitLimit))
+				handle(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ipc.Server{ID: ln.Addr().String(), URL: "http://" + ln.Addr().String(), Weight: 1}
+}
