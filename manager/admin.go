@@ -1,0 +1,307 @@
+package manager
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxAdminBody bounds an admin request body.
+const maxAdminBody = 64 << 10
+
+// apiError is an error with the HTTP status it is answered with.
+type apiError struct {
+	code  int
+	msg   string
+	allow string // the Allow header of a 405
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(code int, format string, args ...any) error {
+	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// apiFunc handles one admin request: it returns the status and the value to
+// send as JSON (nil for no body), or an error.
+type apiFunc func(r *http.Request) (int, any, error)
+
+// adminHandler returns the admin API. Every answer, errors included, is
+// JSON.
+func (m *Manager) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", m.api(m.index))
+	mux.Handle("GET /servers", m.api(m.listServers))
+	mux.Handle("POST /servers", m.api(m.addServer))
+	mux.Handle("DELETE /servers/{ip}/{port}", m.api(m.removeServer))
+	mux.Handle("GET /stats", m.api(m.statsTotals))
+	mux.Handle("GET /stats/detail", m.api(m.statsDetail))
+	mux.Handle("GET /healthz", m.api(m.healthz))
+	for path, allow := range map[string]string{
+		"/{$}": "GET", "/servers": "GET, POST", "/servers/{ip}/{port}": "DELETE",
+		"/stats": "GET", "/stats/detail": "GET", "/healthz": "GET",
+	} {
+		mux.Handle(path, m.api(func(*http.Request) (int, any, error) {
+			return 0, nil, &apiError{code: http.StatusMethodNotAllowed, msg: "method not allowed", allow: allow}
+		}))
+	}
+	mux.Handle("/", m.api(func(*http.Request) (int, any, error) {
+		return 0, nil, errorf(http.StatusNotFound, "not found")
+	}))
+	return mux
+}
+
+// api adapts an apiFunc to http.Handler, writing its value or error as JSON.
+func (m *Manager) api(f apiFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code, v, err := f(r)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				m.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+				ae = &apiError{code: http.StatusInternalServerError, msg: "internal error"}
+			}
+			if ae.allow != "" {
+				w.Header().Set("Allow", ae.allow)
+			}
+			code, v = ae.code, map[string]string{"error": ae.msg}
+		}
+		h := w.Header()
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Content-Type-Options", "nosniff")
+		if v == nil {
+			w.WriteHeader(code)
+			return
+		}
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(v) // escapes <, > and &: nothing reflected can be read as HTML
+	})
+}
+
+func (m *Manager) index(*http.Request) (int, any, error) {
+	return http.StatusOK, map[string]any{
+		"name":    "weldr",
+		"version": Version,
+		"links": map[string]string{
+			"servers":      "/servers",
+			"stats":        "/stats",
+			"stats_detail": "/stats/detail",
+			"healthz":      "/healthz",
+		},
+	}, nil
+}
+
+// serverView is a server as the admin API shows it.
+type serverView struct {
+	ID          string      `json:"id"`
+	URL         string      `json:"url"`
+	IP          string      `json:"ip"`
+	Port        int         `json:"port"`
+	State       string      `json:"state"`
+	Weight      int         `json:"weight"`
+	Static      bool        `json:"static"`
+	HealthCheck HealthCheck `json:"health_check"`
+	Passes      int         `json:"consecutive_passes"`
+	Fails       int         `json:"consecutive_fails"`
+	LastCheck   *time.Time  `json:"last_check,omitempty"`
+	LastError   string      `json:"last_error,omitempty"`
+	Success     uint64      `json:"success"`
+	Failed      uint64      `json:"failed"`
+}
+
+func state(down bool) string {
+	if down {
+		return "down"
+	}
+	return "up"
+}
+
+// view returns s as the API shows it. Called with m.mu held.
+func (m *Manager) view(s *Server) serverView {
+	host, port := splitID(s.ID)
+	c := m.stats.of(s.ID)
+	v := serverView{
+		ID: s.ID, URL: s.URL, IP: host, Port: port, State: state(s.Down), Weight: s.Weight,
+		Static: s.Static, HealthCheck: s.Health, Passes: s.Passes, Fails: s.Fails,
+		LastError: s.LastError, Success: c.Success, Failed: c.Failed,
+	}
+	if !s.LastCheck.IsZero() {
+		t := s.LastCheck
+		v.LastCheck = &t
+	}
+	return v
+}
+
+func splitID(id string) (host string, port int) {
+	host, p, _ := net.SplitHostPort(id)
+	port, _ = strconv.Atoi(p)
+	return host, port
+}
+
+func (m *Manager) listServers(*http.Request) (int, any, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]serverView, 0, m.pool.Len())
+	for _, id := range m.pool.order {
+		out = append(out, m.view(m.pool.Get(id)))
+	}
+	return http.StatusOK, out, nil
+}
+
+// serverRequest is the body of POST /servers.
+type serverRequest struct {
+	URL         string       `json:"url"`
+	HealthCheck *HealthCheck `json:"health_check"`
+	Weight      *int         `json:"weight"`
+}
+
+func (m *Manager) addServer(r *http.Request) (int, any, error) {
+	s, err := m.decodeServer(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	added, msgs := m.pool.Add(s)
+	m.broadcast(msgs)
+	v := m.view(m.pool.Get(s.ID))
+	if added {
+		m.log.Info("server added", "server", s.ID, "url", s.URL, "weight", s.Weight)
+		return http.StatusCreated, v, nil
+	}
+	if len(msgs) > 0 {
+		m.log.Info("server updated", "server", s.ID, "url", s.URL, "weight", s.Weight)
+	}
+	return http.StatusOK, v, nil
+}
+
+// decodeServer reads and checks a POST /servers body. Nothing is changed
+// until it has passed every check.
+func (m *Manager) decodeServer(r *http.Request) (Server, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	var req serverRequest
+	if err := dec.Decode(&req); err != nil {
+		return Server{}, bodyError(err)
+	}
+	if err := dec.Decode(&struct{}{}); err != io.EOF {
+		if err == nil {
+			return Server{}, errorf(http.StatusBadRequest, "invalid JSON: more than one value in body")
+		}
+		return Server{}, bodyError(err)
+	}
+	if req.URL == "" {
+		return Server{}, errorf(http.StatusBadRequest, "url: required")
+	}
+	id, canonical, err := ParseServerURL(req.URL)
+	if err != nil {
+		return Server{}, errorf(http.StatusBadRequest, "url: %v", err)
+	}
+	weight := 1
+	if req.Weight != nil {
+		weight = *req.Weight
+		if weight < 1 || weight > 1000 {
+			return Server{}, errorf(http.StatusBadRequest, "weight: must be between 1 and 1000")
+		}
+	}
+	health := m.cfg.Health
+	if req.HealthCheck != nil {
+		health = req.HealthCheck.Merge(m.cfg.Health)
+		if err := health.Validate("health_check"); err != nil {
+			return Server{}, errorf(http.StatusBadRequest, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+	}
+	return Server{ID: id, URL: canonical, Weight: weight, Health: health, Added: time.Now()}, nil
+}
+
+// bodyError turns a JSON decoding error into the answer for it.
+func bodyError(err error) error {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return errorf(http.StatusRequestEntityTooLarge, "request body larger than %d bytes", maxAdminBody)
+	case errors.Is(err, io.EOF):
+		return errorf(http.StatusBadRequest, "invalid JSON: empty body")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errorf(http.StatusBadRequest, "invalid JSON: unexpected end of body")
+	}
+	return errorf(http.StatusBadRequest, "invalid JSON: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+func (m *Manager) removeServer(r *http.Request) (int, any, error) {
+	ip := strings.ToLower(strings.Trim(r.PathValue("ip"), "[]"))
+	port, err := strconv.Atoi(r.PathValue("port"))
+	if err != nil || port < 1 || port > 65535 {
+		return 0, nil, errorf(http.StatusBadRequest, "port: must be a number from 1 to 65535")
+	}
+	id := net.JoinHostPort(ip, strconv.Itoa(port))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.pool.Get(id)
+	if s == nil {
+		return 0, nil, errorf(http.StatusNotFound, "no such server")
+	}
+	if s.Static {
+		return 0, nil, errorf(http.StatusConflict, "server is in the configuration file; remove it there and reload")
+	}
+	_, msgs := m.pool.Remove(id)
+	m.broadcast(msgs)
+	m.stats.forget(id)
+	m.log.Info("server removed", "server", id)
+	return http.StatusNoContent, nil, nil
+}
+
+func (m *Manager) statsTotals(*http.Request) (int, any, error) {
+	client, server := m.stats.totals()
+	return http.StatusOK, map[string]Counts{"client": client, "server": server}, nil
+}
+
+// serverStats is one row of GET /stats/detail.
+type serverStats struct {
+	ID      string `json:"id"`
+	IP      string `json:"ip"`
+	Port    int    `json:"port"`
+	State   string `json:"state"`
+	Success uint64 `json:"success"`
+	Failed  uint64 `json:"failed"`
+}
+
+func (m *Manager) statsDetail(*http.Request) (int, any, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]serverStats, 0, m.pool.Len())
+	for _, id := range m.pool.order {
+		s := m.pool.Get(id)
+		host, port := splitID(id)
+		c := m.stats.of(id)
+		out = append(out, serverStats{ID: id, IP: host, Port: port, State: state(s.Down), Success: c.Success, Failed: c.Failed})
+	}
+	return http.StatusOK, out, nil
+}
+
+// healthz answers 200 when every worker is serving and the manager is not
+// stopping, 503 with the reason otherwise.
+func (m *Manager) healthz(*http.Request) (int, any, error) {
+	m.mu.Lock()
+	ready := m.ready
+	m.mu.Unlock()
+	body := map[string]any{"status": "ok", "workers": m.workersCount, "ready": ready}
+	switch {
+	case m.isStopping():
+		body["status"], body["reason"] = "unavailable", "stopping"
+	case ready < m.workersCount:
+		body["status"], body["reason"] = "unavailable", fmt.Sprintf("%d of %d workers ready", ready, m.workersCount)
+	default:
+		return http.StatusOK, body, nil
+	}
+	return http.StatusServiceUnavailable, body, nil
+}

@@ -1,0 +1,202 @@
+package manager
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// newTestManager returns a manager without workers, with one fake worker
+// queue to observe broadcasts, and its admin API on a real listener.
+func newTestManager(t *testing.T, cfg *Config) (*Manager, *httptest.Server, chan *ipc.Message) {
+	t.Helper()
+	m, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := make(chan *ipc.Message, 100)
+	m.procs[&workerProc{out: q}] = struct{}{}
+	srv := httptest.NewServer(m.adminHandler())
+	t.Cleanup(srv.Close)
+	return m, srv, q
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, body string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, res.Header, string(b)
+}
+
+func TestAdminAddRemove(t *testing.T) {
+	cfg := Default()
+	cfg.Servers = []ServerConfig{{URL: "http://127.0.0.1:7000"}}
+	_, srv, q := newTestManager(t, cfg)
+
+	code, h, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001", "weight": 3, "health_check": {"path": "/health", "interval": "5s"}}`)
+	if code != http.StatusCreated || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("POST new = %d %s %s, want 201 application/json", code, h.Get("Content-Type"), body)
+	}
+	var v serverView
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.ID != "127.0.0.1:9001" || v.Port != 9001 || v.IP != "127.0.0.1" || v.Weight != 3 || v.State != "up" ||
+		v.HealthCheck.Path != "/health" || v.HealthCheck.Fall != cfg.Health.Fall {
+		t.Errorf("POST new = %+v, want the server with its weight and merged health check", v)
+	}
+	if code, _, _ := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001", "weight": 3, "health_check": {"path": "/health", "interval": "5s"}}`); code != http.StatusOK {
+		t.Errorf("POST same again = %d, want 200", code)
+	}
+	if code, _, body := call(t, srv, "DELETE", "/servers/127.0.0.1/7000", ""); code != http.StatusConflict {
+		t.Errorf("DELETE static = %d %s, want 409", code, body)
+	}
+	if code, _, body := call(t, srv, "DELETE", "/servers/127.0.0.1/9001", ""); code != http.StatusNoContent || body != "" {
+		t.Errorf("DELETE = %d %q, want 204 and no body", code, body)
+	}
+	if code, _, _ := call(t, srv, "DELETE", "/servers/127.0.0.1/9001", ""); code != http.StatusNotFound {
+		t.Errorf("DELETE again = %d, want 404", code)
+	}
+	// The worker saw exactly: add, remove (the repeat changed nothing).
+	var got []string
+	for len(q) > 0 {
+		m := <-q
+		got = append(got, m.Kind.String())
+	}
+	if strings.Join(got, ",") != "AddServer,RemoveServer" {
+		t.Errorf("broadcasts = %v, want [AddServer RemoveServer]", got)
+	}
+}
+
+func TestAdminIPv6Server(t *testing.T) {
+	_, srv, _ := newTestManager(t, Default())
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://[::1]:9001"}`); code != http.StatusCreated {
+		t.Fatalf("POST ipv6 = %d %s, want 201", code, body)
+	}
+	if code, _, body := call(t, srv, "DELETE", "/servers/::1/9001", ""); code != http.StatusNoContent {
+		t.Errorf("DELETE /servers/::1/9001 = %d %s, want 204", code, body)
+	}
+}
+
+func TestAdminRejectsBadInput(t *testing.T) {
+	m, srv, q := newTestManager(t, Default())
+	call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`)
+	<-q
+	_, _, before := call(t, srv, "GET", "/servers", "")
+	tests := []struct {
+		name, method, path, body string
+		code                     int
+		want                     string
+	}{
+		{"truncated", "POST", "/servers", `{"url": "http://127.0.0.1:1"`, 400, "invalid JSON"},
+		{"not json", "POST", "/servers", `url=http://127.0.0.1:1`, 400, "invalid JSON"},
+		{"empty", "POST", "/servers", ``, 400, "empty body"},
+		{"no url", "POST", "/servers", `{}`, 400, "url: required"},
+		{"scheme", "POST", "/servers", `{"url": "ftp://127.0.0.1:1"}`, 400, "url:"},
+		{"no scheme", "POST", "/servers", `{"url": "127.0.0.1:1"}`, 400, "url:"},
+		{"userinfo", "POST", "/servers", `{"url": "http://a:b@127.0.0.1:1"}`, 400, "url:"},
+		{"html", "POST", "/servers", `{"url": "<script>alert(1)</script>"}`, 400, "url:"},
+		{"unknown field", "POST", "/servers", `{"url": "http://127.0.0.1:1", "x": 1}`, 400, "unknown field"},
+		{"wrong type", "POST", "/servers", `{"url": 5}`, 400, "invalid JSON"},
+		{"weight 0", "POST", "/servers", `{"url": "http://127.0.0.1:1", "weight": 0}`, 400, "weight"},
+		{"weight big", "POST", "/servers", `{"url": "http://127.0.0.1:1", "weight": 1001}`, 400, "weight"},
+		{"bad check", "POST", "/servers", `{"url": "http://127.0.0.1:1", "health_check": {"path": "nope", "rise": -2}}`, 400, "health_check.path"},
+		{"bad duration", "POST", "/servers", `{"url": "http://127.0.0.1:1", "health_check": {"interval": "soon"}}`, 400, "invalid"},
+		{"two values", "POST", "/servers", `{"url": "http://127.0.0.1:1"}{}`, 400, "more than one"},
+		{"too large", "POST", "/servers", `{"url": "http://127.0.0.1:1", "p": "` + strings.Repeat("x", maxAdminBody) + `"}`, 413, "larger than"},
+		{"bad port", "DELETE", "/servers/127.0.0.1/0", ``, 400, "port"},
+		{"unknown", "DELETE", "/servers/127.0.0.1/2", ``, 404, "no such server"},
+		{"method", "PATCH", "/servers", ``, 405, "method not allowed"},
+		{"path", "GET", "/servers/x", ``, 404, "not found"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, h, body := call(t, srv, tc.method, tc.path, tc.body)
+			var e struct {
+				Error string `json:"error"`
+			}
+			json.Unmarshal([]byte(body), &e)
+			if code != tc.code || !strings.Contains(e.Error, tc.want) {
+				t.Errorf("%s %s = %d %s, want %d with an error containing %q", tc.method, tc.path, code, body, tc.code, tc.want)
+			}
+			if strings.Contains(body, "<") || h.Get("Content-Type") != "application/json" {
+				t.Errorf("%s %s answered %q as %q, want JSON with no raw '<'", tc.method, tc.path, body, h.Get("Content-Type"))
+			}
+		})
+	}
+	if _, _, after := call(t, srv, "GET", "/servers", ""); after != before {
+		t.Errorf("pool changed by rejected requests:\nbefore %s\nafter %s", before, after)
+	}
+	if len(q) != 0 {
+		t.Errorf("rejected requests broadcast %d messages", len(q))
+	}
+	if m.pool.Len() != 1 {
+		t.Errorf("pool has %d servers, want 1", m.pool.Len())
+	}
+}
+
+func TestAdminStats(t *testing.T) {
+	m, srv, _ := newTestManager(t, Default())
+	call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`)
+	call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9002"}`)
+	report := func(st *ipc.Stats) {
+		m.mu.Lock()
+		m.stats.add(st, func(id string) bool { return m.pool.Get(id) != nil })
+		m.mu.Unlock()
+	}
+	report(&ipc.Stats{ClientSuccess: 5, ClientFailed: 1, Servers: ipc.ServerStatsList{
+		{ID: "127.0.0.1:9001", Success: 3, Failed: 1, ConnectFailed: 1}, {ID: "127.0.0.1:9002", Success: 2},
+	}})
+	report(&ipc.Stats{ClientSuccess: 2, Servers: ipc.ServerStatsList{{ID: "127.0.0.1:9002", Success: 2}, {ID: "gone:1", Success: 9}}})
+
+	_, _, body := call(t, srv, "GET", "/stats", "")
+	var totals map[string]Counts
+	json.Unmarshal([]byte(body), &totals)
+	if totals["client"] != (Counts{7, 1}) || totals["server"] != (Counts{16, 1}) {
+		t.Errorf("GET /stats = %s, want client 7/1, server 16/1", body)
+	}
+	_, _, body = call(t, srv, "GET", "/stats/detail", "")
+	var detail []serverStats
+	json.Unmarshal([]byte(body), &detail)
+	want := []serverStats{
+		{ID: "127.0.0.1:9001", IP: "127.0.0.1", Port: 9001, State: "up", Success: 3, Failed: 1},
+		{ID: "127.0.0.1:9002", IP: "127.0.0.1", Port: 9002, State: "up", Success: 4},
+	}
+	if len(detail) != 2 || detail[0] != want[0] || detail[1] != want[1] {
+		t.Errorf("GET /stats/detail = %+v, want %+v", detail, want)
+	}
+	// Removing a server drops its detail but keeps the totals.
+	call(t, srv, "DELETE", "/servers/127.0.0.1/9001", "")
+	_, _, body = call(t, srv, "GET", "/stats", "")
+	json.Unmarshal([]byte(body), &totals)
+	if totals["server"] != (Counts{16, 1}) {
+		t.Errorf("GET /stats after DELETE = %s, want server totals kept", body)
+	}
+}
+
+func TestAdminIndexAndHealthz(t *testing.T) {
+	m, srv, _ := newTestManager(t, Default())
+	if code, _, body := call(t, srv, "GET", "/", ""); code != 200 || !strings.Contains(body, `"/servers"`) {
+		t.Errorf("GET / = %d %s, want 200 with links", code, body)
+	}
+	if code, _, body := call(t, srv, "GET", "/healthz", ""); code != 503 || !strings.Contains(body, "workers ready") {
+		t.Errorf("GET /healthz with no worker ready = %d %s, want 503 saying why", code, body)
+	}
+	m.mu.Lock()
+	m.setReady(m.workersCount)
+	m.mu.Unlock()
+	if code, _, body := call(t, srv, "GET", "/healthz", ""); code != 200 {
+		t.Errorf("GET /healthz with all workers ready = %d %s, want 200", code, body)
+	}
+}

@@ -1,0 +1,245 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// Version is weldr's version, set at build time with
+// -ldflags "-X github.com/weldr-proxy/weldr/manager.Version=...".
+var Version = "dev"
+
+// Manager owns the pool, the workers and the admin API of one generation.
+type Manager struct {
+	cfg      *Config
+	log      *slog.Logger
+	settings *ipc.Settings // what every worker gets in its snapshot
+	stats    *statsTable
+	started  time.Time
+
+	proxyFile *os.File // the proxy listener, handed to every worker
+
+	// mu guards the pool, the workers and the ready count. It is held across
+	// a pool mutation and its broadcast, so that workers see changes in the
+	// order they were made.
+	mu           sync.Mutex
+	pool         *Pool
+	procs        map[*workerProc]struct{}
+	ready        int
+	readyChanged chan struct{} // closed and replaced whenever ready changes
+
+	stopping        chan struct{} // closed when the manager begins to stop
+	stopOnce        sync.Once
+	restarts        atomic.Uint64 // workers restarted after they died
+	upgradeFailures atomic.Uint64 // SIGHUPs whose new generation failed
+	workersCount    int
+}
+
+// New returns a manager for cfg with the static servers of cfg in its pool.
+func New(cfg *Config, log *slog.Logger) (*Manager, error) {
+	m := &Manager{
+		cfg:          cfg,
+		log:          log,
+		stats:        newStatsTable(),
+		started:      time.Now(),
+		pool:         NewPool(),
+		procs:        make(map[*workerProc]struct{}),
+		readyChanged: make(chan struct{}),
+		stopping:     make(chan struct{}),
+		workersCount: cfg.WorkerCount(),
+		settings: &ipc.Settings{
+			Balance:               cfg.Proxy.Balance,
+			ConnectTimeout:        time.Duration(cfg.Proxy.ConnectTimeout),
+			ResponseHeaderTimeout: time.Duration(cfg.Proxy.ResponseHeaderTimeout),
+			ReadHeaderTimeout:     time.Duration(cfg.Proxy.ReadHeaderTimeout),
+			IdleTimeout:           time.Duration(cfg.Proxy.IdleTimeout),
+			MaxHeaderBytes:        cfg.Proxy.MaxHeaderBytes,
+			PreserveHost:          cfg.Proxy.PreserveHost,
+			DrainTimeout:          time.Duration(cfg.Lifecycle.DrainTimeout),
+			StatsInterval:         time.Second,
+			LogLevel:              cfg.Log.Level,
+			LogFormat:             cfg.Log.Format,
+			AccessLog:             cfg.Log.AccessLog,
+		},
+	}
+	for i, sc := range cfg.Servers {
+		id, canonical, err := ParseServerURL(sc.URL)
+		if err != nil {
+			return nil, fmt.Errorf("servers[%d].url: %w", i, err)
+		}
+		m.pool.Add(Server{
+			ID: id, URL: canonical, Weight: max(sc.Weight, 1),
+			Health: cfg.Health, Static: true, Added: m.started,
+		})
+	}
+	return m, nil
+}
+
+// Run runs weldr's manager until ctx ends or a new generation takes over
+// after SIGHUP: it opens the listeners through tableflip, starts the
+// workers, serves the admin API, and on the way out drains the workers.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	// Catch SIGHUP before anything else: its default action would kill the
+	// process. Signals that arrive before the workers are ready wait.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.Lifecycle.PIDFile})
+	if err != nil {
+		return fmt.Errorf("setting up upgrades: %w", err)
+	}
+	defer upg.Stop()
+
+	proxyLn, err := upg.Listen("tcp", cfg.Proxy.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy.listen: %w", err)
+	}
+	adminLn, err := upg.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	m, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return m.serve(ctx, upg, hup, proxyLn, adminLn)
+}
+
+// readyTimeout bounds how long the manager waits for its first workers.
+const readyTimeout = 30 * time.Second
+
+func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan os.Signal, proxyLn, adminLn net.Listener) error {
+	f, err := proxyLn.(*net.TCPListener).File()
+	if err != nil {
+		return fmt.Errorf("sharing the proxy listener: %w", err)
+	}
+	m.proxyFile = f
+	defer f.Close()
+
+	var supervisors sync.WaitGroup
+	for slot := range m.workersCount {
+		supervisors.Add(1)
+		go func() { defer supervisors.Done(); m.workerSupervisor(slot) }()
+	}
+	defer func() {
+		m.drainWorkers(&supervisors)
+	}()
+
+	if err := m.waitReady(ctx, m.workersCount, readyTimeout); err != nil {
+		return err
+	}
+
+	admin := &http.Server{
+		Handler:           m.adminHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
+	}
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- admin.Serve(adminLn) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		admin.Shutdown(sctx)
+		cancel()
+		<-adminDone
+	}()
+
+	if err := upg.Ready(); err != nil {
+		return fmt.Errorf("signalling ready: %w", err)
+	}
+	stopUpgrades := m.handleUpgrades(upg, hup)
+	defer stopUpgrades()
+	m.log.Info("weldr ready", "version", Version, "proxy", proxyLn.Addr().String(),
+		"admin", adminLn.Addr().String(), "workers", m.workersCount, "servers", m.poolLen())
+
+	select {
+	case <-ctx.Done():
+		m.log.Info("stopping", "reason", context.Cause(ctx))
+	case <-upg.Exit():
+		m.log.Info("new generation is ready, draining this one")
+	case err := <-adminDone:
+		adminDone <- err
+		return fmt.Errorf("serving admin API: %w", err)
+	}
+	return nil
+}
+
+func (m *Manager) poolLen() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pool.Len()
+}
+
+func (m *Manager) isStopping() bool {
+	select {
+	case <-m.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitReady waits until n workers reported ready.
+func (m *Manager) waitReady(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		m.mu.Lock()
+		ready, changed := m.ready, m.readyChanged
+		m.mu.Unlock()
+		if ready >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-deadline.C:
+			return fmt.Errorf("only %d of %d workers ready after %s", ready, n, timeout)
+		}
+	}
+}
+
+func (m *Manager) drainMessage() *ipc.Message {
+	return &ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Duration(m.cfg.Lifecycle.DrainTimeout)}
+}
+
+// drainWorkers asks every worker to drain, waits for all of them to exit
+// within the drain timeout (plus a grace for their last stats), and kills
+// what is left.
+func (m *Manager) drainWorkers(supervisors *sync.WaitGroup) {
+	drain := time.Duration(m.cfg.Lifecycle.DrainTimeout)
+	m.mu.Lock()
+	m.stopOnce.Do(func() { close(m.stopping) })
+	m.broadcast([]*ipc.Message{m.drainMessage()})
+	m.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { supervisors.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(drain + 5*time.Second):
+	}
+	m.log.Warn("workers did not drain in time, killing them")
+	m.mu.Lock()
+	for wp := range m.procs {
+		m.kill(wp)
+	}
+	m.mu.Unlock()
+	<-done
+}

@@ -1,0 +1,116 @@
+package manager
+
+import (
+	"slices"
+	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// Server is one backend in the authoritative pool.
+type Server struct {
+	ID     string // host:port
+	URL    string // canonical scheme://host:port
+	Weight int    // at least 1
+	// Health is the server's check settings, with the [health] defaults
+	// filled in.
+	Health HealthCheck
+	// Static servers come from the configuration file and cannot be removed
+	// through the admin API.
+	Static bool
+	Down   bool
+	Added  time.Time
+
+	// Health check results.
+	Passes    int // consecutive passes
+	Fails     int // consecutive failures
+	LastCheck time.Time
+	LastError string
+}
+
+func (s *Server) ipc() ipc.Server {
+	return ipc.Server{ID: s.ID, URL: s.URL, Weight: s.Weight, Down: s.Down}
+}
+
+// Pool is the authoritative set of servers. It is a plain data structure:
+// the Manager's mutex guards it, and every mutation returns the ipc messages
+// that bring the workers' copies in line, for the caller to broadcast under
+// the same lock.
+type Pool struct {
+	servers map[string]*Server
+	order   []string // IDs in the order they were added
+}
+
+// NewPool returns an empty pool.
+func NewPool() *Pool {
+	return &Pool{servers: make(map[string]*Server)}
+}
+
+// Add adds s, or updates the settings of the server with the same ID. It
+// reports whether s is new. Adding a server that exists with the same
+// settings changes nothing and returns no message.
+func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
+	if old := p.servers[s.ID]; old != nil {
+		if old.URL == s.URL && old.Weight == s.Weight && old.Health == s.Health && (old.Static || !s.Static) {
+			return false, nil
+		}
+		old.URL, old.Weight, old.Health = s.URL, s.Weight, s.Health
+		old.Static = old.Static || s.Static
+		return false, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{old.ipc()}}}
+	}
+	ns := s
+	p.servers[s.ID] = &ns
+	p.order = append(p.order, s.ID)
+	return true, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{ns.ipc()}}}
+}
+
+// Remove takes the server with id out of the pool and reports whether it
+// was there.
+func (p *Pool) Remove(id string) (removed bool, msgs []*ipc.Message) {
+	if p.servers[id] == nil {
+		return false, nil
+	}
+	delete(p.servers, id)
+	p.order = slices.DeleteFunc(p.order, func(o string) bool { return o == id })
+	return true, []*ipc.Message{{Kind: ipc.RemoveServer, ID: id}}
+}
+
+// SetDown marks the server with id down or up. It returns a message only if
+// the state changed.
+func (p *Pool) SetDown(id string, down bool) []*ipc.Message {
+	s := p.servers[id]
+	if s == nil || s.Down == down {
+		return nil
+	}
+	s.Down = down
+	kind := ipc.MarkServerActive
+	if down {
+		kind = ipc.MarkServerDown
+	}
+	return []*ipc.Message{{Kind: kind, ID: id}}
+}
+
+// Get returns the server with id, or nil. The pointer is only valid under
+// the lock that guards the pool.
+func (p *Pool) Get(id string) *Server { return p.servers[id] }
+
+// Len returns the number of servers.
+func (p *Pool) Len() int { return len(p.servers) }
+
+// List returns copies of all servers in the order they were added.
+func (p *Pool) List() []Server {
+	out := make([]Server, 0, len(p.order))
+	for _, id := range p.order {
+		out = append(out, *p.servers[id])
+	}
+	return out
+}
+
+// Snapshot returns the message that gives a worker the whole pool.
+func (p *Pool) Snapshot(settings *ipc.Settings) *ipc.Message {
+	m := &ipc.Message{Kind: ipc.Snapshot, Settings: settings, Servers: make(ipc.Servers, 0, len(p.order))}
+	for _, id := range p.order {
+		m.Servers = append(m.Servers, p.servers[id].ipc())
+	}
+	return m
+}

@@ -1,0 +1,94 @@
+package manager
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+func kinds(msgs []*ipc.Message) []ipc.Kind {
+	var out []ipc.Kind
+	for _, m := range msgs {
+		out = append(out, m.Kind)
+	}
+	return out
+}
+
+func TestPoolMutationsReturnTheirMessages(t *testing.T) {
+	p := NewPool()
+	s := Server{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001", Weight: 1}
+
+	added, msgs := p.Add(s)
+	if !added || !reflect.DeepEqual(kinds(msgs), []ipc.Kind{ipc.AddServer}) {
+		t.Fatalf("Add(new) = %v, %v, want true, [AddServer]", added, kinds(msgs))
+	}
+	if added, msgs = p.Add(s); added || len(msgs) != 0 {
+		t.Errorf("Add(same again) = %v, %v, want false and no message", added, kinds(msgs))
+	}
+	s.Weight = 5
+	added, msgs = p.Add(s)
+	if added || len(msgs) != 1 || msgs[0].Servers[0].Weight != 5 {
+		t.Errorf("Add(new weight) = %v, %+v, want false and AddServer with weight 5", added, msgs)
+	}
+	if msgs := p.SetDown(s.ID, true); !reflect.DeepEqual(kinds(msgs), []ipc.Kind{ipc.MarkServerDown}) {
+		t.Errorf("SetDown(true) = %v, want [MarkServerDown]", kinds(msgs))
+	}
+	if msgs := p.SetDown(s.ID, true); len(msgs) != 0 {
+		t.Errorf("SetDown(true) again = %v, want nothing", kinds(msgs))
+	}
+	if msgs := p.SetDown(s.ID, false); !reflect.DeepEqual(kinds(msgs), []ipc.Kind{ipc.MarkServerActive}) {
+		t.Errorf("SetDown(false) = %v, want [MarkServerActive]", kinds(msgs))
+	}
+	if msgs := p.SetDown("nope:1", true); len(msgs) != 0 {
+		t.Errorf("SetDown(unknown) = %v, want nothing", kinds(msgs))
+	}
+	if removed, msgs := p.Remove(s.ID); !removed || msgs[0].Kind != ipc.RemoveServer || msgs[0].ID != s.ID {
+		t.Errorf("Remove() = %v, %+v, want true, RemoveServer %s", removed, msgs, s.ID)
+	}
+	if removed, msgs := p.Remove(s.ID); removed || len(msgs) != 0 {
+		t.Errorf("Remove(again) = %v, %v, want false and nothing", removed, kinds(msgs))
+	}
+	if p.Len() != 0 {
+		t.Errorf("Len() = %d, want 0", p.Len())
+	}
+}
+
+func TestPoolKeepsOrderAndSnapshots(t *testing.T) {
+	p := NewPool()
+	for _, id := range []string{"h:3", "h:1", "h:2"} {
+		p.Add(Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	p.SetDown("h:1", true)
+	p.Remove("h:3")
+	p.Add(Server{ID: "h:3", URL: "http://h:3", Weight: 2})
+	set := &ipc.Settings{Balance: "round_robin"}
+	got := p.Snapshot(set)
+	want := &ipc.Message{Kind: ipc.Snapshot, Settings: set, Servers: ipc.Servers{
+		{ID: "h:1", URL: "http://h:1", Weight: 1, Down: true},
+		{ID: "h:2", URL: "http://h:2", Weight: 1},
+		{ID: "h:3", URL: "http://h:3", Weight: 2},
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Snapshot() = %+v, want %+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Errorf("Snapshot().Validate() = %v", err)
+	}
+	var ids []string
+	for _, s := range p.List() {
+		ids = append(ids, s.ID)
+	}
+	if !reflect.DeepEqual(ids, []string{"h:1", "h:2", "h:3"}) {
+		t.Errorf("List() ids = %v, want [h:1 h:2 h:3]", ids)
+	}
+}
+
+func TestStaticServersStayStatic(t *testing.T) {
+	p := NewPool()
+	p.Add(Server{ID: "h:1", URL: "http://h:1", Weight: 1, Static: true})
+	p.Add(Server{ID: "h:1", URL: "http://h:1", Weight: 1})
+	if !p.Get("h:1").Static {
+		t.Error("re-adding a static server through the API made it removable")
+	}
+}

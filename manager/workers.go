@@ -1,0 +1,223 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weldr-proxy/weldr/ipc"
+)
+
+// workerProc is one running worker process.
+type workerProc struct {
+	slot int
+	cmd  *exec.Cmd
+	// out feeds the pipeWriter. Broadcasts send to it without blocking
+	// under Manager.mu; the supervisor closes it under the same lock once
+	// the process is gone.
+	out chan *ipc.Message
+	// Guarded by Manager.mu.
+	ready  bool
+	killed bool
+}
+
+// outQueue is how many messages may wait for a worker. A worker that falls
+// this far behind is killed; its replacement starts from a fresh snapshot.
+const outQueue = 8192
+
+// Worker restart backoff: doubled on each quick death, reset after a worker
+// has lived for backoffReset.
+const (
+	minBackoff   = 100 * time.Millisecond
+	maxBackoff   = 5 * time.Second
+	backoffReset = 10 * time.Second
+)
+
+// workerSupervisor keeps one worker slot filled until the manager stops.
+func (m *Manager) workerSupervisor(slot int) {
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		err := m.runWorker(slot)
+		if m.isStopping() {
+			return
+		}
+		if time.Since(started) > backoffReset {
+			backoff = minBackoff
+		}
+		m.restarts.Add(1)
+		m.log.Warn("worker exited, restarting", "slot", slot, "error", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-m.stopping:
+			return
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// runWorker starts one worker, feeds it the pool and collects its reports
+// until it exits.
+func (m *Manager) runWorker(slot int) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("creating worker socketpair: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "ipc"), os.NewFile(uintptr(fds[1]), "ipc")
+	conn, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return fmt.Errorf("opening worker socketpair: %w", err)
+	}
+	defer conn.Close()
+
+	// /proc/self/exe, not os.Executable(): after a package upgrade the path
+	// names the new binary, and workers must match their manager.
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{os.Args[0], "worker"},
+		Env:        workerEnv(os.Environ()),
+		Stdout:     os.Stdout,
+		Stderr:     os.Stderr,
+		ExtraFiles: []*os.File{m.proxyFile, theirs}, // fd 3, fd 4
+	}
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		return fmt.Errorf("starting worker: %w", err)
+	}
+	wp := &workerProc{slot: slot, cmd: cmd, out: make(chan *ipc.Message, outQueue)}
+	m.log.Debug("worker started", "slot", slot, "pid", cmd.Process.Pid)
+
+	m.mu.Lock()
+	wp.out <- m.pool.Snapshot(m.settings)
+	if m.isStopping() {
+		wp.out <- m.drainMessage() // started as the manager began to stop
+	}
+	m.procs[wp] = struct{}{}
+	m.mu.Unlock()
+
+	c := ipc.NewConn(conn)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); m.pipeWriter(wp, c) }()
+	go func() { defer wg.Done(); m.workerReports(wp, c) }()
+
+	err = cmd.Wait()
+	m.mu.Lock()
+	delete(m.procs, wp)
+	if wp.ready {
+		m.setReady(-1)
+	}
+	close(wp.out)
+	m.mu.Unlock()
+	conn.Close()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("worker %d: %w", cmd.Process.Pid, err)
+	}
+	return errors.New("worker exited")
+}
+
+// workerEnv is the manager's environment without tableflip's variables: a
+// worker is not a new generation and must not act as one.
+func workerEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "TABLEFLIP_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// pipeWriter is the only writer of a worker's pipe: it sends what broadcasts
+// queue for it, in order.
+func (m *Manager) pipeWriter(wp *workerProc, c *ipc.Conn) {
+	for msg := range wp.out {
+		if err := c.Send(msg); err != nil {
+			m.log.Debug("sending to worker failed", "pid", wp.cmd.Process.Pid, "error", err)
+			m.mu.Lock()
+			m.kill(wp)
+			m.mu.Unlock()
+			for range wp.out {
+			}
+			return
+		}
+	}
+}
+
+// workerReports reads what a worker sends until its pipe closes. A worker
+// that sends something malformed is killed and replaced.
+func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
+	var msg ipc.Message
+	for {
+		if err := c.Receive(&msg); err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ECONNRESET) {
+				m.log.Error("bad message from worker, replacing it", "pid", wp.cmd.Process.Pid, "error", err)
+				m.mu.Lock()
+				m.kill(wp)
+				m.mu.Unlock()
+			}
+			return
+		}
+		m.mu.Lock()
+		switch msg.Kind {
+		case ipc.Ready:
+			if !wp.ready {
+				wp.ready = true
+				m.setReady(+1)
+			}
+		case ipc.ReportStats:
+			m.stats.add(msg.Stats, func(id string) bool { return m.pool.Get(id) != nil })
+		default:
+			m.log.Warn("unexpected message from worker", "pid", wp.cmd.Process.Pid, "kind", msg.Kind)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// broadcast queues msgs for every worker. It must be called with m.mu held,
+// right after the mutation that produced msgs, so that every worker sees
+// every change in the order the pool made them.
+func (m *Manager) broadcast(msgs []*ipc.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	for wp := range m.procs {
+		for _, msg := range msgs {
+			select {
+			case wp.out <- msg:
+			default:
+				m.log.Error("worker fell behind on pool updates, replacing it", "pid", wp.cmd.Process.Pid)
+				m.kill(wp)
+			}
+		}
+	}
+}
+
+// kill ends a worker at once. Called with m.mu held.
+func (m *Manager) kill(wp *workerProc) {
+	if !wp.killed {
+		wp.killed = true
+		wp.cmd.Process.Kill()
+	}
+}
+
+// setReady changes the count of ready workers and wakes whoever waits for
+// it. Called with m.mu held.
+func (m *Manager) setReady(delta int) {
+	m.ready += delta
+	close(m.readyChanged)
+	m.readyChanged = make(chan struct{})
+}
