@@ -1,0 +1,107 @@
+// Command weldr is an HTTP/1.1 reverse proxy and load balancer for fleets
+// whose backends come and go. See the README for how to run it.
+//
+//	weldr -config /etc/weldr/config.toml    run the manager (and its workers)
+//	weldr -check-config -config FILE        validate a configuration and exit
+//	weldr -version                          print the version and exit
+//
+// "weldr worker" is the hidden mode the manager starts its workers in.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/weldr-proxy/weldr/manager"
+	"github.com/weldr-proxy/weldr/worker"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		os.Exit(runWorker())
+	}
+	os.Exit(runManager(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func runManager(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("weldr", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/weldr/config.toml", "configuration `file`")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "weldr: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *version {
+		fmt.Fprintf(stdout, "weldr %s\n", manager.Version)
+		return 0
+	}
+	cfg, err := manager.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "weldr: %s: %v\n", *path, err)
+		return 1
+	}
+	if *check {
+		fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+		return 0
+	}
+	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := manager.Run(ctx, cfg, log); err != nil {
+		log.Error("weldr stopped", "error", err)
+		return 1
+	}
+	log.Info("weldr stopped")
+	return 0
+}
+
+// runWorker is a worker process: fd 3 is the shared proxy listener, fd 4 its
+// end of the socketpair to the manager.
+func runWorker() int {
+	// SIGINT from a terminal reaches the whole process group; the manager
+	// decides when workers stop. SIGHUP is the manager's business too.
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		log.Error("worker: opening the proxy listener (fd 3)", "error", err)
+		return 1
+	}
+	conn, err := net.FileConn(os.NewFile(4, "ipc"))
+	if err != nil {
+		log.Error("worker: opening the manager socket (fd 4)", "error", err)
+		return 1
+	}
+	if err := worker.Run(ctx, ln, conn, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("worker stopped", "pid", os.Getpid(), "error", err)
+		return 1
+	}
+	return 0
+}
+
+// newLogger returns the manager's logger: level debug|info|warn|error,
+// format text|json (both already validated).
+func newLogger(out io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
+}
