@@ -147,7 +147,7 @@ func (m *Message) Validate() error {
 	switch m.Kind {
 	case Snapshot:
 		if m.Settings == nil {
-			return errors.New("Snapshot without settings")
+			return errors.New("snapshot without settings")
 		}
 		return m.Servers.validate()
 	case AddServer:
@@ -161,7 +161,7 @@ func (m *Message) Validate() error {
 		}
 	case Drain:
 		if m.DrainTimeout < 0 {
-			return errors.New("Drain with a negative timeout")
+			return errors.New("drain with a negative timeout")
 		}
 	case Ready:
 	case ReportStats:
