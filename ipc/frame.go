@@ -107,6 +107,10 @@ func (c *Conn) Send(m *Message) error {
 	return nil
 }
 
+// Buffered reports whether received bytes wait to be read, that is whether
+// Receive would return without reading from the pipe.
+func (c *Conn) Buffered() bool { return c.r.Buffered() > 0 }
+
 // Receive reads the next frame into m. It returns io.EOF when the peer closed
 // the pipe between frames.
 func (c *Conn) Receive(m *Message) error {

@@ -48,17 +48,20 @@ func sampleMessages() []Message {
 			{ID: "[::1]:9002", URL: "https://[::1]:9002", Weight: 5, Down: true},
 		}},
 		{Kind: Snapshot, Settings: &Settings{}},
-		{Kind: AddServer, Servers: Servers{{ID: "10.0.0.5:8080", URL: "http://10.0.0.5:8080", Weight: 3}}},
+		{Kind: AddServer, Version: 8, Servers: Servers{{ID: "10.0.0.5:8080", URL: "http://10.0.0.5:8080", Weight: 3}}},
 		{Kind: RemoveServer, ID: "10.0.0.5:8080"},
 		{Kind: MarkServerDown, ID: "10.0.0.5:8080"},
 		{Kind: MarkServerActive, ID: "10.0.0.5:8080"},
 		{Kind: Drain, DrainTimeout: 30 * time.Second},
 		{Kind: Drain},
-		{Kind: Ready, PID: 4242},
-		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2, Servers: ServerStatsList{
-			{ID: "127.0.0.1:9001", Success: 7, Failed: 1, ConnectFailed: 1},
-			{ID: "127.0.0.1:9002", Success: 3},
-		}}},
+		{Kind: Ready, PID: 4242, Version: 7},
+		{Kind: Applied, Version: 1 << 40},
+		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2,
+			Generated: Generated{BadRequest: 1, BadGateway: 2, ServiceUnavailable: 3, GatewayTimeout: 4},
+			Servers: ServerStatsList{
+				{ID: "127.0.0.1:9001", Success: 7, Failed: 4, Responses: [5]uint64{1, 5, 0, 1, 1}, ConnectFailed: 1, TimedOut: 1, Broken: 1},
+				{ID: "127.0.0.1:9002", Success: 3},
+			}}},
 		{Kind: ReportStats, Stats: &Stats{}},
 	}
 }
@@ -91,7 +94,7 @@ func TestRoundTripEveryKind(t *testing.T) {
 	if err := rx.Receive(&m); err != io.EOF {
 		t.Errorf("Receive() after close = %v, want io.EOF", err)
 	}
-	for k := Snapshot; k <= ReportStats; k++ {
+	for k := Snapshot; k <= Applied; k++ {
 		if !seen[k] {
 			t.Errorf("kind %s not covered by the round trip", k)
 		}

@@ -45,6 +45,10 @@ const (
 	// ReportStats (worker → manager) carries counter deltas since the last
 	// report.
 	ReportStats
+	// Applied (worker → manager) says the worker routes by the pool as of
+	// Version. Workers send it when they have no further change waiting,
+	// so one Applied may cover many changes.
+	Applied
 )
 
 var kindNames = [...]string{
@@ -56,6 +60,7 @@ var kindNames = [...]string{
 	Drain:            "Drain",
 	Ready:            "Ready",
 	ReportStats:      "ReportStats",
+	Applied:          "Applied",
 }
 
 func (k Kind) String() string {
@@ -74,6 +79,10 @@ type Message struct {
 	// Servers is the whole pool on Snapshot and exactly one server on
 	// AddServer.
 	Servers Servers `msgpack:"srv,omitempty"`
+	// Version numbers the pool: the manager's pool messages carry the
+	// version they bring the pool to, Ready and Applied the version the
+	// worker routes by.
+	Version uint64 `msgpack:"v,omitempty"`
 	// ID names a server ("host:port") on RemoveServer, MarkServerDown and
 	// MarkServerActive.
 	ID string `msgpack:"id,omitempty"`
@@ -125,8 +134,19 @@ type Stats struct {
 	// ClientFailed those that got a proxy-generated error or broke off.
 	ClientSuccess uint64 `msgpack:"cs,omitempty"`
 	ClientFailed  uint64 `msgpack:"cf,omitempty"`
+	// Generated counts the answers weldr made itself, by status: 400 for a
+	// broken request body, 502, 503 (no server up) and 504.
+	Generated Generated `msgpack:"gen,omitempty"`
 	// Servers holds the per-server deltas that are not zero.
 	Servers ServerStatsList `msgpack:"srv,omitempty"`
+}
+
+// Generated counts weldr's own answers by status.
+type Generated struct {
+	BadRequest         uint64 `msgpack:"400,omitempty"`
+	BadGateway         uint64 `msgpack:"502,omitempty"`
+	ServiceUnavailable uint64 `msgpack:"503,omitempty"`
+	GatewayTimeout     uint64 `msgpack:"504,omitempty"`
 }
 
 // ServerStats are one server's counter deltas. Success counts answers below
@@ -135,8 +155,14 @@ type ServerStats struct {
 	ID      string `msgpack:"id"`
 	Success uint64 `msgpack:"ok,omitempty"`
 	Failed  uint64 `msgpack:"fail,omitempty"`
-	// ConnectFailed is the part of Failed where no connection could be made.
+	// Responses counts the server's answers by status class, 1xx to 5xx.
+	Responses [5]uint64 `msgpack:"r,omitempty"`
+	// The errors in Failed that were not 5xx answers, by kind: no
+	// connection could be made; no answer in time; the connection broke
+	// (reset, or a malformed or truncated answer).
 	ConnectFailed uint64 `msgpack:"cfail,omitempty"`
+	TimedOut      uint64 `msgpack:"tout,omitempty"`
+	Broken        uint64 `msgpack:"brk,omitempty"`
 }
 
 // MaxServers bounds the servers in one Snapshot.
@@ -163,7 +189,7 @@ func (m *Message) Validate() error {
 		if m.DrainTimeout < 0 {
 			return errors.New("drain with a negative timeout")
 		}
-	case Ready:
+	case Ready, Applied:
 	case ReportStats:
 		if m.Stats == nil {
 			return errors.New("ReportStats without stats")

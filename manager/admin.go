@@ -43,9 +43,10 @@ func (m *Manager) adminHandler() http.Handler {
 	mux.Handle("GET /stats", m.api(m.statsTotals))
 	mux.Handle("GET /stats/detail", m.api(m.statsDetail))
 	mux.Handle("GET /healthz", m.api(m.healthz))
+	mux.HandleFunc("GET /metrics", m.serveMetrics)
 	for path, allow := range map[string]string{
 		"/{$}": "GET", "/servers": "GET, POST", "/servers/{ip}/{port}": "DELETE",
-		"/stats": "GET", "/stats/detail": "GET", "/healthz": "GET",
+		"/stats": "GET", "/stats/detail": "GET", "/healthz": "GET", "/metrics": "GET",
 	} {
 		mux.Handle(path, m.api(func(*http.Request) (int, any, error) {
 			return 0, nil, &apiError{code: http.StatusMethodNotAllowed, msg: "method not allowed", allow: allow}
@@ -96,6 +97,7 @@ func (m *Manager) index(*http.Request) (int, any, error) {
 			"stats":        "/stats",
 			"stats_detail": "/stats/detail",
 			"healthz":      "/healthz",
+			"metrics":      "/metrics",
 		},
 	}, nil
 }
@@ -170,15 +172,20 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	added, msgs := m.pool.Add(s)
 	m.broadcast(msgs)
-	v := m.view(m.pool.Get(s.ID))
-	if added {
+	if len(msgs) > 0 {
+		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
+	}
+	v, version := m.view(m.pool.Get(s.ID)), m.version
+	m.mu.Unlock()
+
+	m.waitApplied(r.Context(), version)
+	switch {
+	case added:
 		m.log.Info("server added", "server", s.ID, "url", s.URL, "weight", s.Weight)
 		return http.StatusCreated, v, nil
-	}
-	if len(msgs) > 0 {
+	case len(msgs) > 0:
 		m.log.Info("server updated", "server", s.ID, "url", s.URL, "weight", s.Weight)
 	}
 	return http.StatusOK, v, nil
@@ -245,17 +252,23 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	}
 	id := net.JoinHostPort(ip, strconv.Itoa(port))
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	s := m.pool.Get(id)
 	if s == nil {
+		m.mu.Unlock()
 		return 0, nil, errorf(http.StatusNotFound, "no such server")
 	}
 	if s.Static {
+		m.mu.Unlock()
 		return 0, nil, errorf(http.StatusConflict, "server is in the configuration file; remove it there and reload")
 	}
+	m.stopChecks(s)
 	_, msgs := m.pool.Remove(id)
 	m.broadcast(msgs)
 	m.stats.forget(id)
+	version := m.version
+	m.mu.Unlock()
+
+	m.waitApplied(r.Context(), version)
 	m.log.Info("server removed", "server", id)
 	return http.StatusNoContent, nil, nil
 }

@@ -28,18 +28,24 @@ type Manager struct {
 	log      *slog.Logger
 	settings *ipc.Settings // what every worker gets in its snapshot
 	stats    *statsTable
+	metrics  *metrics
 	started  time.Time
+
+	checkClient *http.Client
+	checkJobs   chan string // IDs of servers due for a check
 
 	proxyFile *os.File // the proxy listener, handed to every worker
 
-	// mu guards the pool, the workers and the ready count. It is held across
-	// a pool mutation and its broadcast, so that workers see changes in the
-	// order they were made.
-	mu           sync.Mutex
-	pool         *Pool
-	procs        map[*workerProc]struct{}
-	ready        int
-	readyChanged chan struct{} // closed and replaced whenever ready changes
+	// mu guards the pool, its version, the workers and the ready count. It
+	// is held across a pool mutation and its broadcast, so that workers see
+	// changes in the order they were made.
+	mu        sync.Mutex
+	pool      *Pool
+	version   uint64          // of the pool: bumped by every message broadcast
+	checksCtx context.Context // nil until health checks start; ended when they stop
+	procs     map[*workerProc]struct{}
+	ready     int
+	changed   chan struct{} // closed and replaced when a worker's state changes
 
 	stopping        chan struct{} // closed when the manager begins to stop
 	stopOnce        sync.Once
@@ -54,10 +60,13 @@ func New(cfg *Config, log *slog.Logger) (*Manager, error) {
 		cfg:          cfg,
 		log:          log,
 		stats:        newStatsTable(),
+		metrics:      newMetrics(),
 		started:      time.Now(),
+		checkClient:  newCheckClient(),
+		checkJobs:    make(chan string),
 		pool:         NewPool(),
 		procs:        make(map[*workerProc]struct{}),
-		readyChanged: make(chan struct{}),
+		changed:      make(chan struct{}),
 		stopping:     make(chan struct{}),
 		workersCount: cfg.WorkerCount(),
 		settings: &ipc.Settings{
@@ -158,6 +167,9 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		<-adminDone
 	}()
 
+	stopChecks := m.startHealthChecks()
+	defer stopChecks()
+
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("signalling ready: %w", err)
 	}
@@ -199,7 +211,7 @@ func (m *Manager) waitReady(ctx context.Context, n int, timeout time.Duration) e
 	defer deadline.Stop()
 	for {
 		m.mu.Lock()
-		ready, changed := m.ready, m.readyChanged
+		ready, changed := m.ready, m.changed
 		m.mu.Unlock()
 		if ready >= n {
 			return nil
@@ -210,6 +222,42 @@ func (m *Manager) waitReady(ctx context.Context, n int, timeout time.Duration) e
 			return context.Cause(ctx)
 		case <-deadline.C:
 			return fmt.Errorf("only %d of %d workers ready after %s", ready, n, timeout)
+		}
+	}
+}
+
+// applyTimeout bounds how long an admin mutation waits for the workers to
+// apply it before answering anyway.
+const applyTimeout = 2 * time.Second
+
+// waitApplied waits until every serving worker routes by pool version v, so
+// that an admin change is in effect when the API answers. A worker that is
+// starting needs no wait: its snapshot is newer.
+func (m *Manager) waitApplied(ctx context.Context, v uint64) {
+	start := time.Now()
+	deadline := time.NewTimer(applyTimeout)
+	defer deadline.Stop()
+	for {
+		m.mu.Lock()
+		behind := 0
+		for wp := range m.procs {
+			if wp.ready && !wp.killed && wp.applied < v {
+				behind++
+			}
+		}
+		changed := m.changed
+		m.mu.Unlock()
+		if behind == 0 {
+			m.metrics.applyDuration.observe(time.Since(start).Seconds())
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			m.log.Warn("workers slow to apply a pool change", "behind", behind, "version", v, "waited", applyTimeout)
+			return
 		}
 	}
 }

@@ -26,6 +26,8 @@ type Server struct {
 	Fails     int // consecutive failures
 	LastCheck time.Time
 	LastError string
+
+	probe *probe // the server's check schedule, set by the manager
 }
 
 func (s *Server) ipc() ipc.Server {

@@ -15,17 +15,19 @@ type Counts struct {
 // serverCounts are one server's counters summed over all workers.
 type serverCounts struct {
 	Counts
-	connectFailed uint64
+	responses                       [5]uint64 // by status class, 1xx to 5xx
+	connectFailed, timedOut, broken uint64
 }
 
 // statsTable sums the deltas workers report. Totals survive the removal of
 // a server; per-server counts go with it. Its mutex nests inside the
 // Manager's, never the other way round.
 type statsTable struct {
-	mu      sync.Mutex // guards everything below
-	client  Counts
-	server  Counts
-	servers map[string]*serverCounts
+	mu        sync.Mutex // guards everything below
+	client    Counts
+	server    Counts
+	generated ipc.Generated
+	servers   map[string]*serverCounts
 }
 
 func newStatsTable() *statsTable {
@@ -39,6 +41,11 @@ func (t *statsTable) add(st *ipc.Stats, known func(id string) bool) {
 	defer t.mu.Unlock()
 	t.client.Success += st.ClientSuccess
 	t.client.Failed += st.ClientFailed
+	g := &t.generated
+	g.BadRequest += st.Generated.BadRequest
+	g.BadGateway += st.Generated.BadGateway
+	g.ServiceUnavailable += st.Generated.ServiceUnavailable
+	g.GatewayTimeout += st.Generated.GatewayTimeout
 	for _, s := range st.Servers {
 		t.server.Success += s.Success
 		t.server.Failed += s.Failed
@@ -52,7 +59,12 @@ func (t *statsTable) add(st *ipc.Stats, known func(id string) bool) {
 		}
 		c.Success += s.Success
 		c.Failed += s.Failed
+		for i, n := range s.Responses {
+			c.responses[i] += n
+		}
 		c.connectFailed += s.ConnectFailed
+		c.timedOut += s.TimedOut
+		c.broken += s.Broken
 	}
 }
 
@@ -61,6 +73,13 @@ func (t *statsTable) totals() (client, server Counts) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.client, t.server
+}
+
+// generatedTotals returns the counts of weldr's own answers.
+func (t *statsTable) generatedTotals() ipc.Generated {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.generated
 }
 
 // of returns one server's counters.

@@ -26,8 +26,9 @@ type workerProc struct {
 	// the process is gone.
 	out chan *ipc.Message
 	// Guarded by Manager.mu.
-	ready  bool
-	killed bool
+	ready   bool
+	killed  bool
+	applied uint64 // the pool version the worker last said it routes by
 }
 
 // outQueue is how many messages may wait for a worker. A worker that falls
@@ -100,7 +101,9 @@ func (m *Manager) runWorker(slot int) error {
 	m.log.Debug("worker started", "slot", slot, "pid", cmd.Process.Pid)
 
 	m.mu.Lock()
-	wp.out <- m.pool.Snapshot(m.settings)
+	snap := m.pool.Snapshot(m.settings)
+	snap.Version = m.version
+	wp.out <- snap
 	if m.isStopping() {
 		wp.out <- m.drainMessage() // started as the manager began to stop
 	}
@@ -174,12 +177,21 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		m.mu.Lock()
 		switch msg.Kind {
 		case ipc.Ready:
+			wp.applied = msg.Version
 			if !wp.ready {
 				wp.ready = true
 				m.setReady(+1)
 			}
+		case ipc.Applied:
+			wp.applied = msg.Version
+			m.notify()
 		case ipc.ReportStats:
 			m.stats.add(msg.Stats, func(id string) bool { return m.pool.Get(id) != nil })
+			for _, s := range msg.Stats.Servers {
+				if s.ConnectFailed > 0 {
+					m.hastenCheck(s.ID)
+				}
+			}
 		default:
 			m.log.Warn("unexpected message from worker", "pid", wp.cmd.Process.Pid, "kind", msg.Kind)
 		}
@@ -193,6 +205,10 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 func (m *Manager) broadcast(msgs []*ipc.Message) {
 	if len(msgs) == 0 {
 		return
+	}
+	for _, msg := range msgs {
+		m.version++
+		msg.Version = m.version
 	}
 	for wp := range m.procs {
 		for _, msg := range msgs {
@@ -214,10 +230,15 @@ func (m *Manager) kill(wp *workerProc) {
 	}
 }
 
-// setReady changes the count of ready workers and wakes whoever waits for
-// it. Called with m.mu held.
+// setReady changes the count of ready workers. Called with m.mu held.
 func (m *Manager) setReady(delta int) {
 	m.ready += delta
-	close(m.readyChanged)
-	m.readyChanged = make(chan struct{})
+	m.notify()
+}
+
+// notify wakes whoever waits for a worker's state to change. Called with
+// m.mu held.
+func (m *Manager) notify() {
+	close(m.changed)
+	m.changed = make(chan struct{})
 }

@@ -99,8 +99,7 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		if !errors.As(err, &ce) {
 			break
 		}
-		b.stats.failed.Add(1)
-		b.stats.connectFailed.Add(1)
+		b.stats.fail(&b.stats.connectFailed)
 		b.inflight.Add(-1)
 		next := s.after(b)
 		if next == nil || tries >= len(s.up) || (body != nil && body.started()) || r.Context().Err() != nil {
@@ -156,13 +155,10 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	switch {
-	case readErr != nil:
-		b.stats.failed.Add(1)
-	case res.StatusCode >= 500:
-		b.stats.failed.Add(1)
-	default:
-		b.stats.success.Add(1)
+	if readErr != nil {
+		b.stats.fail(&b.stats.broken)
+	} else {
+		b.stats.answered(res.StatusCode)
 	}
 	if readErr != nil || writeErr != nil {
 		p.w.stats.clientFailed.Add(1)
@@ -200,7 +196,11 @@ func (p *proxy) roundTripFailed(rw http.ResponseWriter, r *http.Request, start t
 		code, msg = http.StatusGatewayTimeout, msgTimeout
 	}
 	if b != nil {
-		b.stats.failed.Add(1)
+		if code == http.StatusGatewayTimeout {
+			b.stats.fail(&b.stats.timedOut)
+		} else {
+			b.stats.fail(&b.stats.broken)
+		}
 	}
 	p.w.log.Debug("proxying failed", "status", code, "error", err)
 	p.generated(rw, r, start, code, msg, b)
@@ -209,6 +209,16 @@ func (p *proxy) roundTripFailed(rw http.ResponseWriter, r *http.Request, start t
 // generated writes a response weldr makes itself: short, plain text, never
 // cached.
 func (p *proxy) generated(rw http.ResponseWriter, r *http.Request, start time.Time, code int, msg string, b *backend) {
+	switch code {
+	case http.StatusBadRequest:
+		p.w.stats.badRequest.Add(1)
+	case http.StatusBadGateway:
+		p.w.stats.badGateway.Add(1)
+	case http.StatusServiceUnavailable:
+		p.w.stats.unavailable.Add(1)
+	case http.StatusGatewayTimeout:
+		p.w.stats.gatewayTimeout.Add(1)
+	}
 	h := rw.Header()
 	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
 	h["Content-Length"] = []string{strconv.Itoa(len(msg))}
@@ -367,7 +377,7 @@ func (p *proxy) tunnel(rw http.ResponseWriter, r *http.Request, res *http.Respon
 	backConn, ok := res.Body.(io.ReadWriteCloser)
 	if !ok {
 		res.Body.Close()
-		b.stats.failed.Add(1)
+		b.stats.fail(&b.stats.broken)
 		p.roundTripFailed(rw, r, start, nil, nil, errors.New("switching protocols: backend body is not writable"))
 		return
 	}
@@ -376,13 +386,13 @@ func (p *proxy) tunnel(rw http.ResponseWriter, r *http.Request, res *http.Respon
 	defer p.tunnels.end(tu)
 	conn, brw, err := http.NewResponseController(rw).Hijack()
 	if err != nil {
-		b.stats.failed.Add(1)
+		b.stats.fail(&b.stats.broken)
 		p.roundTripFailed(rw, r, start, nil, nil, err)
 		return
 	}
 	defer conn.Close()
 	p.tunnels.attach(tu, conn)
-	b.stats.success.Add(1)
+	b.stats.answered(res.StatusCode)
 	p.w.stats.clientSuccess.Add(1)
 	p.logAccess(r, res.StatusCode, 0, start, b)
 

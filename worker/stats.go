@@ -11,9 +11,33 @@ import (
 
 // serverCounters count one server's outcomes since the last report.
 type serverCounters struct {
-	success       atomic.Uint64 // the server answered below 500
-	failed        atomic.Uint64 // connect failure, timeout, reset or 5xx
-	connectFailed atomic.Uint64 // the part of failed where no connection was made
+	success   atomic.Uint64    // the server answered below 500
+	failed    atomic.Uint64    // connect failure, timeout, broken connection or 5xx
+	responses [5]atomic.Uint64 // answers by status class, 1xx to 5xx
+
+	// The failures that were not 5xx answers, by kind.
+	connectFailed atomic.Uint64 // no connection could be made
+	timedOut      atomic.Uint64 // no answer in time
+	broken        atomic.Uint64 // reset, malformed or truncated answer
+}
+
+// answered counts a response with status code whose body was relayed whole.
+func (c *serverCounters) answered(code int) {
+	if class := code/100 - 1; class >= 0 && class < len(c.responses) {
+		c.responses[class].Add(1)
+	}
+	if code >= 500 {
+		c.failed.Add(1)
+	} else {
+		c.success.Add(1)
+	}
+}
+
+// fail counts a failure that is not a 5xx answer; kind is one of the
+// counters above.
+func (c *serverCounters) fail(kind *atomic.Uint64) {
+	c.failed.Add(1)
+	kind.Add(1)
 }
 
 // stats holds the worker's counters. Requests add to them with atomics; the
@@ -21,6 +45,9 @@ type serverCounters struct {
 type stats struct {
 	clientSuccess atomic.Uint64 // the client got a backend's response
 	clientFailed  atomic.Uint64 // the client got a proxy error or broke off
+
+	// weldr's own answers by status
+	badRequest, badGateway, unavailable, gatewayTimeout atomic.Uint64
 
 	mu      sync.Mutex // guards retired
 	retired []*backend // removed servers whose last counts are not yet reported
@@ -36,11 +63,27 @@ func (st *stats) retire(b *backend) {
 // take returns the deltas since the last call and resets them, or nil if
 // nothing happened.
 func (st *stats) take(s *snapshot) *ipc.Stats {
-	out := &ipc.Stats{ClientSuccess: st.clientSuccess.Swap(0), ClientFailed: st.clientFailed.Swap(0)}
+	out := &ipc.Stats{
+		ClientSuccess: st.clientSuccess.Swap(0),
+		ClientFailed:  st.clientFailed.Swap(0),
+		Generated: ipc.Generated{
+			BadRequest:         st.badRequest.Swap(0),
+			BadGateway:         st.badGateway.Swap(0),
+			ServiceUnavailable: st.unavailable.Swap(0),
+			GatewayTimeout:     st.gatewayTimeout.Swap(0),
+		},
+	}
 	add := func(b *backend) {
-		ok, fail, cf := b.stats.success.Swap(0), b.stats.failed.Swap(0), b.stats.connectFailed.Swap(0)
-		if ok|fail|cf != 0 {
-			out.Servers = append(out.Servers, ipc.ServerStats{ID: b.id, Success: ok, Failed: fail, ConnectFailed: cf})
+		c := &b.stats
+		ss := ipc.ServerStats{
+			ID: b.id, Success: c.success.Swap(0), Failed: c.failed.Swap(0),
+			ConnectFailed: c.connectFailed.Swap(0), TimedOut: c.timedOut.Swap(0), Broken: c.broken.Swap(0),
+		}
+		for i := range c.responses {
+			ss.Responses[i] = c.responses[i].Swap(0)
+		}
+		if ss.Success|ss.Failed != 0 {
+			out.Servers = append(out.Servers, ss)
 		}
 	}
 	// A retired server is reported until no request to it is in flight:
@@ -61,22 +104,31 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 	for _, b := range s.all {
 		add(b)
 	}
-	if out.ClientSuccess|out.ClientFailed == 0 && len(out.Servers) == 0 {
+	if out.ClientSuccess|out.ClientFailed == 0 && len(out.Servers) == 0 && out.Generated == (ipc.Generated{}) {
 		return nil
 	}
 	return out
 }
 
-// statsReporter sends the counters' deltas to the manager every interval
-// until ctx ends, then sends what is left once more. It is the only writer of
-// conn once the worker reported Ready.
-func (w *worker) statsReporter(ctx context.Context, conn *ipc.Conn, interval time.Duration) error {
+// managerWriter is the only writer of the pipe to the manager once the
+// worker reported Ready: it acknowledges pool versions as they are applied,
+// and sends the counters' deltas every interval. When ctx ends it sends what
+// is left once more.
+func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var acked uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return w.report(conn)
+		case <-w.appliedNote:
+			if v := w.applied.Load(); v != acked {
+				if err := conn.Send(&ipc.Message{Kind: ipc.Applied, Version: v}); err != nil {
+					return err
+				}
+				acked = v
+			}
 		case <-t.C:
 			if err := w.report(conn); err != nil {
 				return err

@@ -24,9 +24,12 @@ import (
 type worker struct {
 	snap     atomic.Pointer[snapshot] // what requests route by
 	draining atomic.Bool              // responses say "Connection: close"
-	balancer balancer
-	stats    stats
-	log      *slog.Logger
+	applied  atomic.Uint64            // the pool version snap reflects
+	// appliedNote wakes the managerWriter to acknowledge applied.
+	appliedNote chan struct{}
+	balancer    balancer
+	stats       stats
+	log         *slog.Logger
 
 	// The pool as the manager described it; only poolUpdates touches these.
 	servers []*backend
@@ -56,9 +59,10 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	}
 	set := *m.Settings
 	w := &worker{
-		log:  newLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
-		byID: make(map[string]*backend),
-		down: make(map[string]bool),
+		log:         newLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
+		byID:        make(map[string]*backend),
+		down:        make(map[string]bool),
+		appliedNote: make(chan struct{}, 1),
 	}
 	w.balancer.policy = set.Balance
 	w.apply(&m)
@@ -66,7 +70,14 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	p := newProxy(w, set.ConnectTimeout, set.ResponseHeaderTimeout)
 	p.preserveHost = set.PreserveHost
 	if set.AccessLog {
-		p.accessLog = w.log
+		// Access lines go out at info level whatever log.level says: the
+		// operator asked for them.
+		lb := newLogBuffer(logOut)
+		p.accessLog = newLogger(lb, "info", set.LogFormat).With("worker", os.Getpid())
+		stopFlushing := make(chan struct{})
+		flushed := make(chan struct{})
+		go func() { lb.accessLogFlusher(stopFlushing); close(flushed) }()
+		defer func() { close(stopFlushing); <-flushed }()
 	}
 	defer p.transport.CloseIdleConnections()
 	conns := newConnCount()
@@ -79,7 +90,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}
 
-	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid()}); err != nil {
+	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
 		return fmt.Errorf("reporting ready: %w", err)
 	}
 	w.log.Debug("worker serving", "servers", len(w.servers))
@@ -93,7 +104,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	}
 	reportCtx, stopReporting := context.WithCancel(context.Background())
 	reported := make(chan error, 1)
-	go func() { reported <- w.statsReporter(reportCtx, c, interval) }()
+	go func() { reported <- w.managerWriter(reportCtx, c, interval) }()
 
 	updated := make(chan drainRequest, 1)
 	go func() { updated <- w.poolUpdates(c, set.DrainTimeout) }()
@@ -146,6 +157,13 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 			return drainRequest{timeout: m.DrainTimeout}
 		}
 		w.apply(&m)
+		if !c.Buffered() {
+			// Caught up: acknowledge, once for the whole batch.
+			select {
+			case w.appliedNote <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -200,6 +218,7 @@ func (w *worker) apply(m *ipc.Message) {
 		return
 	}
 	w.snap.Store(newSnapshot(w.servers, w.down))
+	w.applied.Store(m.Version)
 }
 
 // upsert returns the backend for s, reusing the existing one when nothing

@@ -1,0 +1,144 @@
+package manager
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// metrics are the manager's own measurements; the request counters come
+// from the workers' reports in statsTable.
+type metrics struct {
+	checkDuration *histogram // seconds per health check
+	applyDuration *histogram // seconds from an admin change to every worker routing by it
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		checkDuration: newHistogram(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+		applyDuration: newHistogram(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2),
+	}
+}
+
+// histogram is a Prometheus histogram: cumulative counts per upper bound.
+type histogram struct {
+	bounds []float64
+	mu     sync.Mutex // guards counts, sum and n
+	counts []uint64   // counts[i]: observations <= bounds[i], not cumulative
+	sum    float64
+	n      uint64
+}
+
+func newHistogram(bounds ...float64) *histogram {
+	return &histogram{bounds: bounds, counts: make([]uint64, len(bounds))}
+}
+
+func (h *histogram) observe(v float64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, b := range h.bounds {
+		if v <= b {
+			h.counts[i]++
+			break
+		}
+	}
+	h.sum += v
+	h.n++
+}
+
+func (h *histogram) write(w *bufio.Writer, name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var cum uint64
+	for i, b := range h.bounds {
+		cum += h.counts[i]
+		fmt.Fprintf(w, "%s_bucket{le=\"%s\"} %d\n", name, strconv.FormatFloat(b, 'g', -1, 64), cum)
+	}
+	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %s\n%s_count %d\n",
+		name, h.n, name, strconv.FormatFloat(h.sum, 'g', -1, 64), name, h.n)
+}
+
+// labelValue escapes a Prometheus label value.
+var labelValue = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+// serveMetrics writes every metric in the Prometheus text exposition format.
+func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	bw := bufio.NewWriter(w)
+	defer bw.Flush()
+	family := func(name, typ, help string) {
+		fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+	}
+
+	type row struct {
+		id   string
+		down bool
+		c    serverCounts
+	}
+	m.mu.Lock()
+	rows := make([]row, 0, m.pool.Len())
+	for _, id := range m.pool.order {
+		rows = append(rows, row{id, m.pool.Get(id).Down, m.stats.of(id)})
+	}
+	ready := m.ready
+	m.mu.Unlock()
+	client, _ := m.stats.totals()
+	gen := m.stats.generatedTotals()
+
+	family("weldr_build_info", "gauge", "The running weldr's version.")
+	fmt.Fprintf(bw, "weldr_build_info{version=\"%s\"} 1\n", labelValue.Replace(Version))
+
+	family("weldr_requests_total", "counter", "Backend answers relayed to clients, by server and status class.")
+	for _, r := range rows {
+		for i, n := range r.c.responses {
+			fmt.Fprintf(bw, "weldr_requests_total{server=\"%s\",class=\"%dxx\"} %d\n", labelValue.Replace(r.id), i+1, n)
+		}
+	}
+	family("weldr_upstream_errors_total", "counter", "Backend failures other than 5xx answers, by server and kind: connect (no connection), timeout (no answer in time), broken (reset, malformed or truncated answer).")
+	for _, r := range rows {
+		for _, k := range []struct {
+			kind string
+			n    uint64
+		}{{"connect", r.c.connectFailed}, {"timeout", r.c.timedOut}, {"broken", r.c.broken}} {
+			fmt.Fprintf(bw, "weldr_upstream_errors_total{server=\"%s\",kind=\"%s\"} %d\n", labelValue.Replace(r.id), k.kind, k.n)
+		}
+	}
+	family("weldr_server_up", "gauge", "1 if the server is up (routed to), 0 if health checks took it out.")
+	for _, r := range rows {
+		up := 1
+		if r.down {
+			up = 0
+		}
+		fmt.Fprintf(bw, "weldr_server_up{server=\"%s\"} %d\n", labelValue.Replace(r.id), up)
+	}
+	family("weldr_pool_servers", "gauge", "Servers in the pool, up or down.")
+	fmt.Fprintf(bw, "weldr_pool_servers %d\n", len(rows))
+
+	family("weldr_client_requests_total", "counter", "Client requests by result: success (got a backend's answer) or failed (got weldr's error or broke off).")
+	fmt.Fprintf(bw, "weldr_client_requests_total{result=\"success\"} %d\nweldr_client_requests_total{result=\"failed\"} %d\n", client.Success, client.Failed)
+	family("weldr_generated_responses_total", "counter", "Answers weldr made itself, by status.")
+	for _, g := range []struct {
+		code int
+		n    uint64
+	}{{400, gen.BadRequest}, {502, gen.BadGateway}, {503, gen.ServiceUnavailable}, {504, gen.GatewayTimeout}} {
+		fmt.Fprintf(bw, "weldr_generated_responses_total{status=\"%d\"} %d\n", g.code, g.n)
+	}
+
+	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")
+	m.metrics.checkDuration.write(bw, "weldr_health_check_duration_seconds")
+
+	family("weldr_pool_update_seconds", "histogram", "Time from an admin API change of the pool to every worker routing by it.")
+	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
+
+	family("weldr_workers", "gauge", "Worker processes configured.")
+	fmt.Fprintf(bw, "weldr_workers %d\n", m.workersCount)
+	family("weldr_workers_ready", "gauge", "Worker processes serving.")
+	fmt.Fprintf(bw, "weldr_workers_ready %d\n", ready)
+	family("weldr_worker_restarts_total", "counter", "Workers restarted after they died.")
+	fmt.Fprintf(bw, "weldr_worker_restarts_total %d\n", m.restarts.Load())
+	family("weldr_upgrade_failures_total", "counter", "SIGHUP upgrades whose new generation failed to start; the old one kept serving.")
+	fmt.Fprintf(bw, "weldr_upgrade_failures_total %d\n", m.upgradeFailures.Load())
+}
