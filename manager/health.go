@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 )
@@ -30,6 +31,9 @@ type probe struct {
 	// seq is dropped and the server checked again at once.
 	seq      uint64
 	checking bool // a check is in flight
+	// conn is the kept-alive connection of plain-HTTP checks. A running
+	// check takes it out and puts it back, so it has one user at a time.
+	conn net.Conn
 }
 
 // startHealthChecks starts the probers and schedules a check of every
@@ -51,9 +55,7 @@ func (m *Manager) startHealthChecks() (stop func()) {
 		m.mu.Lock()
 		cancel()
 		for _, id := range m.pool.order {
-			if p := m.pool.Get(id).probe; p != nil && p.timer != nil {
-				p.timer.Stop()
-			}
+			m.stopChecks(m.pool.Get(id))
 		}
 		m.mu.Unlock()
 		wg.Wait()
@@ -92,10 +94,19 @@ func (m *Manager) recheckNow(s *Server) {
 	m.scheduleCheck(s, 0)
 }
 
-// stopChecks takes s out of the schedule. Called with m.mu held.
+// stopChecks takes s out of the schedule and closes its connection (a
+// check in flight closes its own when it finds s gone). Called with m.mu
+// held.
 func (m *Manager) stopChecks(s *Server) {
-	if s.probe != nil && s.probe.timer != nil {
+	if s.probe == nil {
+		return
+	}
+	if s.probe.timer != nil {
 		s.probe.timer.Stop()
+	}
+	if s.probe.conn != nil {
+		s.probe.conn.Close()
+		s.probe.conn = nil
 	}
 }
 
@@ -125,22 +136,36 @@ func (m *Manager) healthProber(ctx context.Context) {
 			continue
 		}
 		s.probe.checking = true
-		seq, target, hc := s.probe.seq, s.URL, s.Health
+		seq, target, hc, conn := s.probe.seq, s.URL, s.Health, s.probe.conn
+		s.probe.conn = nil
 		m.mu.Unlock()
 
 		start := time.Now()
-		err := m.check(ctx, target, hc)
+		conn, err := m.check(ctx, target, hc, conn)
 		m.metrics.checkDuration.observe(time.Since(start).Seconds())
 		if ctx.Err() != nil {
+			if conn != nil {
+				conn.Close()
+			}
 			return
 		}
-		m.recordCheck(id, seq, err)
+		m.recordCheck(id, seq, target, conn, err)
 	}
 }
 
 // check runs one health check: GET target+path within the timeout; a 2xx
-// answer passes.
-func (m *Manager) check(ctx context.Context, target string, hc HealthCheck) error {
+// answer passes. Plain HTTP goes through checkHTTP on the server's kept
+// connection, which it returns for the next check.
+func (m *Manager) check(ctx context.Context, target string, hc HealthCheck, conn net.Conn) (net.Conn, error) {
+	timeout := time.Duration(hc.Timeout)
+	if host, ok := strings.CutPrefix(target, "http://"); ok {
+		return checkHTTP(ctx, conn, host, hc.Path, timeout)
+	}
+	return nil, m.checkTLS(ctx, target, hc)
+}
+
+// checkTLS checks an https server with the manager's http.Client.
+func (m *Manager) checkTLS(ctx context.Context, target string, hc HealthCheck) error {
 	timeout := time.Duration(hc.Timeout)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -171,12 +196,19 @@ func (m *Manager) check(ctx context.Context, target string, hc HealthCheck) erro
 
 // recordCheck applies a check's result: counts, state changes (broadcast
 // to every worker and logged once), and the next check.
-func (m *Manager) recordCheck(id string, seq uint64, err error) {
+func (m *Manager) recordCheck(id string, seq uint64, target string, conn net.Conn, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.pool.Get(id)
-	if s == nil || s.probe == nil {
-		return // removed meanwhile
+	if s == nil || s.probe == nil || s.URL != target {
+		if conn != nil {
+			conn.Close() // removed, or its URL changed, meanwhile
+		}
+		if s == nil || s.probe == nil {
+			return
+		}
+	} else {
+		s.probe.conn = conn
 	}
 	s.probe.checking = false
 	if s.probe.seq != seq {
@@ -210,8 +242,9 @@ func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
 }
 
-// newCheckClient returns the HTTP client of the health checks: one kept-alive
-// connection per server, no redirects followed (only 2xx passes), no proxy.
+// newCheckClient returns the HTTP client of https health checks: one
+// kept-alive connection per server, no redirects followed (only 2xx
+// passes), no proxy.
 func newCheckClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{

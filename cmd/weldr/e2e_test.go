@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,7 +50,25 @@ type daemon struct {
 	cmd   *exec.Cmd
 	proxy string // http://127.0.0.1:port
 	admin string
-	log   *bytes.Buffer
+	log   *syncBuffer // what the manager and its workers wrote
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func freePort(t *testing.T) int {
@@ -62,8 +81,9 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startWeldr runs the binary with a loopback-only config (extra is appended
-// to it) and waits until all its workers are ready.
+// startWeldr runs the binary with a loopback-only config and waits until all
+// its workers are ready. extra is appended to the config: lines before any
+// table header land in [log].
 func startWeldr(t *testing.T, workers int, extra string) *daemon {
 	t.Helper()
 	pp, ap := freePort(t), freePort(t)
@@ -88,7 +108,7 @@ level = "debug"
 	d := &daemon{
 		proxy: fmt.Sprintf("http://127.0.0.1:%d", pp),
 		admin: fmt.Sprintf("http://127.0.0.1:%d", ap),
-		log:   new(bytes.Buffer),
+		log:   new(syncBuffer),
 	}
 	d.cmd = exec.Command(weldrBin, "-config", path)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

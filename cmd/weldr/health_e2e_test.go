@@ -412,3 +412,39 @@ func TestRefusingServerCausesNoClientErrors(t *testing.T) {
 		t.Errorf("failed client requests = %d, want 0", n)
 	}
 }
+
+func TestAccessLogAndJSONLogs(t *testing.T) {
+	d := startWeldr(t, 2, "format = \"json\"\naccess_log = true\n")
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	if code, _, _ := d.get(t, "/some/path?q=1"); code != 200 {
+		t.Fatalf("GET = %d, want 200", code)
+	}
+	var access map[string]any
+	waitFor(t, 10*time.Second, "the access log line", func() bool {
+		for _, line := range strings.Split(d.log.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "access" && rec["path"] == "/some/path" {
+				access = rec
+				return true
+			}
+		}
+		return false
+	})
+	for k, want := range map[string]any{"method": "GET", "status": float64(200), "bytes": float64(1), "upstream": a.addr} {
+		if access[k] != want {
+			t.Errorf("access log %s = %v, want %v (line %v)", k, access[k], want, access)
+		}
+	}
+	if c, _ := access["client"].(string); !strings.HasPrefix(c, "127.0.0.1:") {
+		t.Errorf("access log client = %v, want the client's address", access["client"])
+	}
+	if _, ok := access["duration"]; !ok {
+		t.Errorf("access log has no duration: %v", access)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(d.log.String()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("log line is not JSON with log.format = json: %q", line)
+		}
+	}
+}

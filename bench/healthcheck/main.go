@@ -1,0 +1,282 @@
+// Command healthcheck measures weldr's health checker with a large pool on
+// loopback: it starts N tiny origins (spread over several processes, since
+// one process may not hold enough file descriptors), runs the real weldr
+// binary with all of them as servers checked every interval, lets it settle,
+// then reports the manager's CPU and memory, the workers' memory, and the
+// check rate the origins saw.
+//
+//	go build -o /tmp/weldr ./cmd/weldr
+//	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 1s -measure 30s
+//
+// Everything listens on 127.0.0.1 and stops by itself.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "origins" {
+		n, _ := strconv.Atoi(os.Args[2])
+		serveOrigins(n)
+		return
+	}
+	weldr := flag.String("weldr", "", "path to the weldr binary (required)")
+	servers := flag.Int("servers", 10000, "servers in the pool")
+	perProc := flag.Int("per-process", 2000, "origins per origin process")
+	interval := flag.Duration("interval", time.Second, "health check interval")
+	settle := flag.Duration("settle", 10*time.Second, "time to let weldr settle before measuring")
+	measure := flag.Duration("measure", 30*time.Second, "measurement window")
+	workers := flag.Int("workers", 2, "weldr workers")
+	flag.Parse()
+	if *weldr == "" {
+		log.Fatal("-weldr is required")
+	}
+	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// originProc is one process of origins and its running check count.
+type originProc struct {
+	cmd    *exec.Cmd
+	addrs  []string
+	checks atomic.Int64
+	ready  chan struct{}
+}
+
+func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var procs []*originProc
+	defer func() {
+		for _, p := range procs {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	}()
+	for left := servers; left > 0; left -= perProc {
+		n := min(left, perProc)
+		p := &originProc{cmd: exec.Command(self, "origins", strconv.Itoa(n)), ready: make(chan struct{})}
+		out, err := p.cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		p.cmd.Stderr = os.Stderr
+		if err := p.cmd.Start(); err != nil {
+			return err
+		}
+		go p.read(out, n)
+		procs = append(procs, p)
+	}
+	var addrs []string
+	for _, p := range procs {
+		select {
+		case <-p.ready:
+		case <-time.After(60 * time.Second):
+			return fmt.Errorf("origins did not start")
+		}
+		addrs = append(addrs, p.addrs...)
+	}
+	log.Printf("%d origins listening in %d processes", len(addrs), len(procs))
+
+	dir, err := os.MkdirTemp("", "weldr-hcbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	proxyPort, adminPort := freePort(), freePort()
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "[proxy]\nlisten = \"127.0.0.1:%d\"\nworkers = %d\n[admin]\nlisten = \"127.0.0.1:%d\"\n[state]\nfile = \"\"\n", proxyPort, workers, adminPort)
+	fmt.Fprintf(&cfg, "[health]\npath = \"/health\"\ninterval = \"%s\"\ntimeout = \"2s\"\n[log]\nlevel = \"warn\"\n", interval)
+	for _, a := range addrs {
+		fmt.Fprintf(&cfg, "[[servers]]\nurl = \"http://%s\"\n", a)
+	}
+	path := filepath.Join(dir, "weldr.toml")
+	if err := os.WriteFile(path, []byte(cfg.String()), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command(weldr, "-config", path)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+		}
+	}()
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if res, err := http.Get(admin + "/healthz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("weldr not ready after 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log.Printf("weldr ready after %s; settling %s", time.Since(started).Round(time.Millisecond), settle)
+	time.Sleep(settle)
+
+	pid := cmd.Process.Pid
+	cpu0, checks0, t0 := cpuTicks(pid), totalChecks(procs), time.Now()
+	time.Sleep(measure)
+	cpu1, checks1, t1 := cpuTicks(pid), totalChecks(procs), time.Now()
+	secs := t1.Sub(t0).Seconds()
+	hz := 100.0 // USER_HZ on Linux
+	cpuPct := float64(cpu1-cpu0) / hz / secs * 100
+	rate := float64(checks1-checks0) / secs
+	mRSS, mHWM := memKB(pid)
+	var wRSS int64
+	for _, c := range children(pid) {
+		r, _ := memKB(c)
+		wRSS += r
+	}
+	fmt.Printf("servers\tinterval\tchecks/s\tmanager CPU %%\tCPU µs/check\tmanager RSS MiB\tmanager peak MiB\tworkers RSS MiB\n")
+	fmt.Printf("%d\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\n", servers, interval, rate, cpuPct,
+		float64(cpu1-cpu0)/hz*1e6/float64(checks1-checks0), float64(mRSS)/1024, float64(mHWM)/1024, float64(wRSS)/1024)
+	return nil
+}
+
+func (p *originProc) read(r io.Reader, n int) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "addr "):
+			p.addrs = append(p.addrs, strings.TrimPrefix(line, "addr "))
+			if len(p.addrs) == n {
+				close(p.ready)
+			}
+		case strings.HasPrefix(line, "checks "):
+			v, _ := strconv.ParseInt(strings.TrimPrefix(line, "checks "), 10, 64)
+			p.checks.Store(v)
+		}
+	}
+}
+
+func totalChecks(procs []*originProc) int64 {
+	var n int64
+	for _, p := range procs {
+		n += p.checks.Load()
+	}
+	return n
+}
+
+// serveOrigins listens on n loopback ports, answers every request with 200,
+// prints each address, then the running count of requests every 200 ms.
+// It exits when its parent does (stdout breaks).
+func serveOrigins(n int) {
+	var checks atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		checks.Add(1)
+		io.WriteString(w, "ok")
+	})
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Fprintf(out, "addr %s\n", ln.Addr())
+		go (&http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
+	}
+	out.Flush()
+	for range time.Tick(200 * time.Millisecond) {
+		mu.Lock()
+		fmt.Fprintf(out, "checks %d\n", checks.Load())
+		err := out.Flush()
+		mu.Unlock()
+		if err != nil {
+			os.Exit(0)
+		}
+	}
+}
+
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// cpuTicks returns utime+stime of pid in clock ticks.
+func cpuTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+// memKB returns VmRSS and VmHWM of pid in KiB.
+func memKB(pid int) (rss, hwm int64) {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = v
+		case "VmHWM:":
+			hwm = v
+		}
+	}
+	return rss, hwm
+}
+
+// children returns the PIDs whose parent is pid.
+func children(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
