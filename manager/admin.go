@@ -17,9 +17,10 @@ const maxAdminBody = 64 << 10
 
 // apiError is an error with the HTTP status it is answered with.
 type apiError struct {
-	code  int
-	msg   string
-	allow string // the Allow header of a 405
+	code       int
+	msg        string
+	allow      string // the Allow header of a 405
+	retryAfter int    // seconds, for a 503
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -70,6 +71,9 @@ func (m *Manager) api(f apiFunc) http.Handler {
 			}
 			if ae.allow != "" {
 				w.Header().Set("Allow", ae.allow)
+			}
+			if ae.retryAfter > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
 			}
 			code, v = ae.code, map[string]string{"error": ae.msg}
 		}
@@ -159,6 +163,12 @@ func (m *Manager) listServers(*http.Request) (int, any, error) {
 	return http.StatusOK, out, nil
 }
 
+// errHandover answers a mutation while a new generation takes over: it
+// would be lost, since the new one has already read the state file.
+var errHandover = &apiError{
+	code: http.StatusServiceUnavailable, msg: "weldr is handing over to a new generation; retry shortly", retryAfter: 1,
+}
+
 // serverRequest is the body of POST /servers.
 type serverRequest struct {
 	URL         string       `json:"url"`
@@ -172,14 +182,20 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	m.mu.Lock()
+	if m.handover {
+		m.mu.Unlock()
+		return 0, nil, errHandover
+	}
 	added, msgs := m.pool.Add(s)
 	m.broadcast(msgs)
 	if len(msgs) > 0 {
 		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
+		m.stateSeq++
 	}
 	v, version := m.view(m.pool.Get(s.ID)), m.version
 	m.mu.Unlock()
 
+	m.persist()
 	m.waitApplied(r.Context(), version)
 	switch {
 	case added:
@@ -252,6 +268,10 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	}
 	id := net.JoinHostPort(ip, strconv.Itoa(port))
 	m.mu.Lock()
+	if m.handover {
+		m.mu.Unlock()
+		return 0, nil, errHandover
+	}
 	s := m.pool.Get(id)
 	if s == nil {
 		m.mu.Unlock()
@@ -265,9 +285,11 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	_, msgs := m.pool.Remove(id)
 	m.broadcast(msgs)
 	m.stats.forget(id)
+	m.stateSeq++
 	version := m.version
 	m.mu.Unlock()
 
+	m.persist()
 	m.waitApplied(r.Context(), version)
 	m.log.Info("server removed", "server", id)
 	return http.StatusNoContent, nil, nil

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,6 +17,9 @@ import (
 // queue to observe broadcasts, and its admin API on a real listener.
 func newTestManager(t *testing.T, cfg *Config) (*Manager, *httptest.Server, chan *ipc.Message) {
 	t.Helper()
+	if cfg.State.File == Default().State.File {
+		cfg.State.File = filepath.Join(t.TempDir(), "state.json") // never the real one
+	}
 	m, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -198,5 +202,29 @@ func TestAdminIndexAndHealthz(t *testing.T) {
 	m.mu.Unlock()
 	if code, _, body := call(t, srv, "GET", "/healthz", ""); code != 200 {
 		t.Errorf("GET /healthz with all workers ready = %d %s, want 200", code, body)
+	}
+}
+
+func TestAdminMutationsDuringHandover(t *testing.T) {
+	m, srv, q := newTestManager(t, Default())
+	m.setHandover(true)
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/servers", `{"url": "http://127.0.0.1:9001"}`},
+		{"DELETE", "/servers/127.0.0.1/9001", ""},
+	} {
+		code, h, body := call(t, srv, tc.method, tc.path, tc.body)
+		if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
+			t.Errorf("%s %s during a hand-over = %d %s (Retry-After %q), want 503 with Retry-After", tc.method, tc.path, code, body, h.Get("Retry-After"))
+		}
+	}
+	if m.pool.Len() != 0 || len(q) != 0 {
+		t.Errorf("a refused mutation changed the pool (%d servers, %d broadcasts)", m.pool.Len(), len(q))
+	}
+	if code, _, _ := call(t, srv, "GET", "/servers", ""); code != http.StatusOK {
+		t.Errorf("GET /servers during a hand-over = %d, want 200", code)
+	}
+	m.setHandover(false)
+	if code, _, _ := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`); code != http.StatusCreated {
+		t.Errorf("POST after a failed hand-over = %d, want 201", code)
 	}
 }

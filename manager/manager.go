@@ -47,15 +47,30 @@ type Manager struct {
 	ready     int
 	changed   chan struct{} // closed and replaced when a worker's state changes
 
+	handover   bool       // a new generation is starting: mutations wait for it
+	stateSeq   uint64     // bumped by every change of the registered servers
+	stateSaved uint64     // the stateSeq the state file holds
+	stateMu    sync.Mutex // serialises state file writes; taken before mu
+
+	configPath      string        // re-read by the next generation on SIGHUP
 	stopping        chan struct{} // closed when the manager begins to stop
 	stopOnce        sync.Once
 	restarts        atomic.Uint64 // workers restarted after they died
 	upgradeFailures atomic.Uint64 // SIGHUPs whose new generation failed
+	stateFailures   atomic.Uint64 // state file writes that failed
 	workersCount    int
 }
 
-// New returns a manager for cfg with the static servers of cfg in its pool.
+// New returns a manager for cfg with the static servers of cfg and the
+// servers saved in its state file in its pool.
 func New(cfg *Config, log *slog.Logger) (*Manager, error) {
+	return newManager(cfg, log, nil)
+}
+
+// newManager is New for a generation that may have been handed the pool of
+// the previous one (handed is nil otherwise), which then takes the place of
+// the state file.
+func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) {
 	m := &Manager{
 		cfg:          cfg,
 		log:          log,
@@ -94,13 +109,19 @@ func New(cfg *Config, log *slog.Logger) (*Manager, error) {
 			Health: cfg.Health, Static: true, Added: m.started,
 		})
 	}
+	if handed != nil {
+		m.loadHanded(handed)
+	} else {
+		m.loadState()
+	}
 	return m, nil
 }
 
-// Run runs weldr's manager until ctx ends or a new generation takes over
-// after SIGHUP: it opens the listeners through tableflip, starts the
-// workers, serves the admin API, and on the way out drains the workers.
-func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+// Run runs weldr's manager with cfg, read from configPath, until ctx ends
+// or a new generation takes over after SIGHUP: it opens the listeners
+// through tableflip, starts the workers, serves the admin API, and on the
+// way out drains the workers.
+func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) error {
 	// Catch SIGHUP before anything else: its default action would kill the
 	// process. Signals that arrive before the workers are ready wait.
 	hup := make(chan os.Signal, 1)
@@ -121,10 +142,15 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("admin.listen: %w", err)
 	}
-	m, err := New(cfg, log)
+	handed, err := takeHandedPool(upg)
+	if err != nil {
+		log.Error("reading the pool handed over by the previous generation", "error", err)
+	}
+	m, err := newManager(cfg, log, handed)
 	if err != nil {
 		return err
 	}
+	m.configPath = configPath
 	return m.serve(ctx, upg, hup, proxyLn, adminLn)
 }
 

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,30 +44,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// daemon is one running weldr manager.
+// daemon is one running weldr, across the generations SIGHUP starts.
 type daemon struct {
-	cmd   *exec.Cmd
-	proxy string // http://127.0.0.1:port
-	admin string
-	log   *syncBuffer // what the manager and its workers wrote
+	t       *testing.T
+	cmd     *exec.Cmd // the first generation
+	proxy   string    // http://127.0.0.1:port
+	admin   string
+	config  string  // the configuration file
+	pidFile string  // written by each generation when it is ready
+	log     logFile // what every generation and its workers wrote
+
+	exited   chan struct{} // closed when the first generation has been reaped
+	exitCode int           // its exit code, once exited is closed
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
+// logFile is the daemon's output. A file, not a pipe: a new generation
+// inherits it, and a pipe would keep exec.Cmd.Wait of the old one waiting.
+type logFile string
+
+func (l logFile) String() string {
+	b, _ := os.ReadFile(string(l))
+	return string(b)
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// options for startWeldr; zero values are the defaults of the tests.
+type options struct {
+	workers int    // 0: 2
+	state   string // state.file; "" keeps the pool in memory
+	extra   string // appended to the config; lines before a table header land in [log]
 }
 
 func freePort(t *testing.T) int {
@@ -86,8 +89,25 @@ func freePort(t *testing.T) int {
 // table header land in [log].
 func startWeldr(t *testing.T, workers int, extra string) *daemon {
 	t.Helper()
+	return start(t, options{workers: workers, extra: extra})
+}
+
+func start(t *testing.T, o options) *daemon {
+	t.Helper()
+	if o.workers == 0 {
+		o.workers = 2
+	}
+	dir := t.TempDir()
 	pp, ap := freePort(t), freePort(t)
-	cfg := fmt.Sprintf(`[proxy]
+	d := &daemon{
+		t:       t,
+		proxy:   fmt.Sprintf("http://127.0.0.1:%d", pp),
+		admin:   fmt.Sprintf("http://127.0.0.1:%d", ap),
+		config:  filepath.Join(dir, "weldr.toml"),
+		pidFile: filepath.Join(dir, "weldr.pid"),
+		log:     logFile(filepath.Join(dir, "weldr.log")),
+	}
+	d.writeConfig(t, fmt.Sprintf(`[proxy]
 listen = "127.0.0.1:%d"
 workers = %d
 connect_timeout = "500ms"
@@ -95,27 +115,50 @@ response_header_timeout = "5s"
 [admin]
 listen = "127.0.0.1:%d"
 [state]
-file = ""
+file = %q
 [lifecycle]
 drain_timeout = "5s"
+pid_file = %q
 [log]
 level = "debug"
-%s`, pp, workers, ap, extra)
-	path := filepath.Join(t.TempDir(), "weldr.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+%s`, pp, o.workers, ap, o.state, d.pidFile, o.extra))
+	out, err := os.Create(string(d.log))
+	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{
-		proxy: fmt.Sprintf("http://127.0.0.1:%d", pp),
-		admin: fmt.Sprintf("http://127.0.0.1:%d", ap),
-		log:   new(syncBuffer),
-	}
-	d.cmd = exec.Command(weldrBin, "-config", path)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	defer out.Close()
+	d.cmd = exec.Command(weldrBin, "-config", d.config)
+	d.cmd.Stdout, d.cmd.Stderr = out, out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.stop(t) })
+	d.exited = make(chan struct{})
+	go func() {
+		d.cmd.Wait()
+		d.exitCode = d.cmd.ProcessState.ExitCode()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.stop(t)
+		<-d.exited
+		if t.Failed() {
+			t.Logf("weldr log:\n%s", d.log)
+		}
+	})
+	d.waitReady(t)
+	return d
+}
+
+func (d *daemon) writeConfig(t *testing.T, cfg string) {
+	t.Helper()
+	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitReady waits until the admin API reports every worker serving.
+func (d *daemon) waitReady(t *testing.T) {
+	t.Helper()
 	waitFor(t, 30*time.Second, "weldr to be ready", func() bool {
 		res, err := http.Get(d.admin + "/healthz")
 		if err != nil {
@@ -124,34 +167,47 @@ level = "debug"
 		res.Body.Close()
 		return res.StatusCode == http.StatusOK
 	})
-	return d
 }
 
-// stop sends SIGTERM, waits for the manager and checks that no worker is
-// left behind.
+// pid returns the PID of the current generation: from the PID file, which
+// each generation writes when it is ready.
+func (d *daemon) pid(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(d.pidFile)
+	if err != nil {
+		t.Fatalf("reading the PID file: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("PID file holds %q", b)
+	}
+	return pid
+}
+
+// stop sends SIGTERM to the current generation, waits for it to exit and
+// checks that no worker is left behind.
 func (d *daemon) stop(t *testing.T) {
-	if d.cmd.ProcessState != nil {
+	pid := d.cmd.Process.Pid
+	if b, err := os.ReadFile(d.pidFile); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			pid = p
+		}
+	}
+	if !alive(pid) {
 		return
 	}
-	workers := children(d.cmd.Process.Pid)
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("weldr exited with %v after SIGTERM\n%s", err, d.log)
-		}
-	case <-time.After(20 * time.Second):
-		d.cmd.Process.Kill()
-		<-done
-		t.Errorf("weldr did not exit within 20s of SIGTERM\n%s", d.log)
+	workers := children(pid)
+	syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(20 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
-	for _, pid := range workers {
-		if alive(pid) {
-			t.Errorf("worker %d still running after the manager exited", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("weldr %d did not exit within 20s of SIGTERM", pid)
+	}
+	for _, w := range workers {
+		waitFor(t, 5*time.Second, "workers to exit with their manager", func() bool { return !alive(w) })
 	}
 }
 
@@ -539,7 +595,7 @@ func TestManagerDeathStopsWorkers(t *testing.T) {
 		t.Fatalf("children = %v, want 2 workers", workers)
 	}
 	d.cmd.Process.Kill()
-	d.cmd.Wait()
+	waitFor(t, 10*time.Second, "the manager to die", func() bool { return !alive(d.cmd.Process.Pid) })
 	waitFor(t, 10*time.Second, "orphaned workers to exit", func() bool {
 		for _, w := range workers {
 			if alive(w) {

@@ -27,7 +27,8 @@ type origin struct {
 
 	mu      sync.Mutex // guards srv and release
 	srv     *http.Server
-	release chan struct{} // closed to free hanging checks
+	release chan struct{}    // closed to free hanging checks
+	handler http.HandlerFunc // if set, answers everything instead
 }
 
 func newOrigin(t *testing.T, name, healthPath string) *origin {
@@ -56,6 +57,11 @@ func (o *origin) serve(ln net.Listener) {
 	defer o.mu.Unlock()
 	o.release = make(chan struct{})
 	release := o.release
+	if o.handler != nil {
+		o.srv = &http.Server{Handler: o.handler}
+		go o.srv.Serve(ln)
+		return
+	}
 	o.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == o.health {
 			o.checks.Add(1)
@@ -138,8 +144,8 @@ func (d *daemon) server(t *testing.T, addr string) serverView {
 	return serverView{}
 }
 
-// load sends requests through the proxy until stopped and counts the ones
-// that did not get a backend's 200.
+// load sends requests through the proxy on kept-alive connections until
+// stopped, and counts the ones that did not get a backend's 200.
 type load struct {
 	stop   chan struct{}
 	done   chan struct{}
@@ -164,7 +170,10 @@ func startLoad(d *daemon, clients int) *load {
 				default:
 				}
 				l.sent.Add(1)
-				res, err := client.Get(d.proxy + "/")
+				// POST with a body: net/http's client silently retries an
+				// idempotent request on a kept-alive connection the server
+				// closed, which would hide the failures this load counts.
+				res, err := client.Post(d.proxy+"/", "text/plain", strings.NewReader("x"))
 				if err == nil {
 					io.Copy(io.Discard, res.Body)
 					res.Body.Close()

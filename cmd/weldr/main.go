@@ -60,7 +60,7 @@ func runManager(args []string, stdout, stderr io.Writer) int {
 	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := manager.Run(ctx, cfg, log); err != nil {
+	if err := manager.Run(ctx, *path, cfg, log); err != nil {
 		log.Error("weldr stopped", "error", err)
 		return 1
 	}

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// upgrade sends SIGHUP to the current generation and waits for the next one
+// to write its PID and for the old one, workers included, to be gone within
+// the drain timeout (plus a margin for a loaded machine).
+func (d *daemon) upgrade(t *testing.T) (oldPID, newPID int) {
+	t.Helper()
+	oldPID = d.pid(t)
+	oldWorkers := children(oldPID)
+	if err := syscall.Kill(oldPID, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a new generation in the PID file", func() bool {
+		b, _ := os.ReadFile(d.pidFile)
+		return strings.TrimSpace(string(b)) != fmt.Sprint(oldPID)
+	})
+	newPID = d.pid(t)
+	waitFor(t, 5*time.Second+3*time.Second, "the old generation to exit within the drain timeout", func() bool {
+		if alive(oldPID) {
+			return false
+		}
+		for _, w := range oldWorkers {
+			if alive(w) {
+				return false
+			}
+		}
+		return true
+	})
+	if n := len(children(newPID)); n != 2 {
+		t.Errorf("new generation %d has %d children, want 2 workers", newPID, n)
+	}
+	return oldPID, newPID
+}
+
+func TestUpgradesUnderLoadLoseNothing(t *testing.T) {
+	d := start(t, options{})
+	a, b := newOrigin(t, "a", "/health"), newOrigin(t, "b", "/health")
+	d.register(t, a.url())
+	d.register(t, b.url())
+	l := startLoad(d, 6)
+	waitFor(t, 10*time.Second, "load on both origins", func() bool { return a.hits.Load() > 20 && b.hits.Load() > 20 })
+
+	seen := map[int]bool{d.pid(t): true}
+	for i := range 10 {
+		_, pid := d.upgrade(t)
+		if seen[pid] {
+			t.Fatalf("upgrade %d: PID file names %d again, want a new manager", i+1, pid)
+		}
+		seen[pid] = true
+		// The registrations made before the upgrades are still served.
+		ha, hb := a.hits.Load(), b.hits.Load()
+		waitFor(t, 10*time.Second, "traffic on both origins after the upgrade", func() bool {
+			return a.hits.Load() > ha+5 && b.hits.Load() > hb+5
+		})
+	}
+	l.finish(t)
+	if got := d.server(t, a.addr); got.State != "up" {
+		t.Errorf("after 10 upgrades a is %+v, want registered and up", got)
+	}
+	t.Logf("%d requests through 10 upgrades, %d failed", l.sent.Load(), l.failed.Load())
+}
+
+func TestBrokenConfigOnSIGHUPKeepsServing(t *testing.T) {
+	d := start(t, options{})
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	good, _ := os.ReadFile(d.config)
+	pid := d.pid(t)
+
+	d.writeConfig(t, string(good)+"\n[proxy]\nworkers = -3\n")
+	syscall.Kill(pid, syscall.SIGHUP)
+	waitFor(t, 30*time.Second, "the failed upgrade to be counted", func() bool {
+		return d.metric(t, "weldr_upgrade_failures_total") == 1
+	})
+	if got := d.pid(t); got != pid || !alive(pid) {
+		t.Errorf("after a broken config the PID file names %d (alive %v), want %d still serving", got, alive(pid), pid)
+	}
+	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
+		t.Errorf("GET / after the failed upgrade = %d %q, want 200 from a", code, body)
+	}
+	if !strings.Contains(d.log.String(), "not upgrading") {
+		t.Errorf("the log does not say why the upgrade was refused:\n%s", d.log)
+	}
+	// Mutations work again, and a fixed config upgrades.
+	b := newOrigin(t, "b", "/health")
+	d.register(t, b.url())
+	d.writeConfig(t, string(good))
+	d.upgrade(t)
+	if got := d.server(t, b.addr); got.ID != b.addr {
+		t.Errorf("b, registered after the failed upgrade, is missing after the next one")
+	}
+}
+
+func TestSIGTERMFinishesInFlightRequest(t *testing.T) {
+	d := start(t, options{})
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, "done")
+	})
+	d.register(t, slow)
+	pid, workers := d.pid(t), children(d.pid(t))
+
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		res, err := http.Get(d.proxy + "/slow")
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- result{res.StatusCode, string(b), err}
+	}()
+	<-arrived
+	syscall.Kill(pid, syscall.SIGTERM)
+	waitFor(t, 10*time.Second, "the manager to begin stopping", func() bool {
+		return strings.Contains(d.log.String(), "msg=stopping")
+	})
+	close(release)
+	if r := <-got; r.err != nil || r.code != 200 || r.body != "done" {
+		t.Errorf("in-flight request across SIGTERM = %d %q %v, want 200 \"done\"", r.code, r.body, r.err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("weldr did not exit within 15s of SIGTERM")
+	}
+	if d.exitCode != 0 {
+		t.Errorf("weldr exited with %d after SIGTERM, want 0", d.exitCode)
+	}
+	for _, w := range workers {
+		if alive(w) {
+			t.Errorf("worker %d still running after the manager exited", w)
+		}
+	}
+}
+
+func TestRestartReloadsRegistrations(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state.json")
+	a, b := newOrigin(t, "a", "/health"), newOrigin(t, "b", "/health")
+	first := start(t, options{state: state})
+	first.register(t, a.url())
+	first.register(t, b.url())
+	ip, port := b.id()
+	first.api(t, "DELETE", "/servers/"+ip+"/"+port, "")
+	first.stop(t)
+
+	second := start(t, options{state: state})
+	if got := second.server(t, a.addr); got.State != "up" {
+		t.Errorf("after a restart a = %+v, want it registered", got)
+	}
+	_, body := second.api(t, "GET", "/servers", "")
+	if strings.Contains(body, b.addr) {
+		t.Errorf("after a restart the removed b is back: %s", body)
+	}
+	if code, _, got := second.get(t, "/"); code != 200 || got != "a" {
+		t.Errorf("GET / after a restart = %d %q, want 200 from a", code, got)
+	}
+}
+
+func TestMutationsDuringHandoverAreNotLost(t *testing.T) {
+	// Register servers as fast as the API allows while upgrades happen:
+	// every POST answered 201 must be in the pool afterwards; the others
+	// got 503 with Retry-After and may be retried.
+	d := start(t, options{})
+	origins := make([]*origin, 0, 40)
+	stop := make(chan struct{})
+	done := make(chan []string)
+	go func() {
+		var accepted []string
+		for i := 0; i < 40; i++ {
+			select {
+			case <-stop:
+				done <- accepted
+				return
+			default:
+			}
+			o := newOrigin(t, fmt.Sprint("o", i), "/health")
+			origins = append(origins, o)
+			req, _ := http.NewRequest("POST", d.admin+"/servers", strings.NewReader(`{"url": "`+o.url()+`"}`))
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				continue // the old admin listener closing under us: not acknowledged
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			switch res.StatusCode {
+			case http.StatusCreated:
+				accepted = append(accepted, o.addr)
+			case http.StatusServiceUnavailable:
+				if res.Header.Get("Retry-After") == "" {
+					t.Errorf("503 without Retry-After")
+				}
+			default:
+				t.Errorf("POST during upgrades = %d", res.StatusCode)
+			}
+			time.Sleep(20 * time.Millisecond) // pace, not wait
+		}
+		done <- accepted
+	}()
+	for range 3 {
+		d.upgrade(t)
+	}
+	close(stop)
+	accepted := <-done
+	_, body := d.api(t, "GET", "/servers", "")
+	for _, addr := range accepted {
+		if !strings.Contains(body, addr) {
+			t.Errorf("%s was registered (201) during the upgrades but is missing now", addr)
+		}
+	}
+	if len(accepted) == 0 {
+		t.Error("no registration was accepted during the upgrades")
+	}
+}
+
+// httpOrigin starts a real origin with handler h and returns its URL.
+func httpOrigin(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	o := newOrigin(t, "h", "/health")
+	o.stop()
+	o.handler = h
+	o.start()
+	return o.url()
+}

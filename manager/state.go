@@ -1,0 +1,215 @@
+package manager
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// The state file holds the servers registered through the admin API, so
+// that neither a restart nor an upgrade loses one. Servers from the
+// configuration file are not in it: the file always has them. Health is not
+// kept: a server starts up and is checked at once, as when it registered.
+
+// stateFormat is the version of the state file's layout.
+const stateFormat = 1
+
+type savedState struct {
+	Format  int           `json:"format"`
+	Saved   time.Time     `json:"saved"`
+	Servers []savedServer `json:"servers"`
+}
+
+type savedServer struct {
+	URL         string      `json:"url"`
+	Weight      int         `json:"weight"`
+	HealthCheck HealthCheck `json:"health_check"`
+}
+
+// readState reads the servers saved at path. A missing file is an empty
+// pool. An entry that no longer validates is skipped and reported in bad;
+// a file that cannot be read as a whole is an error.
+func readState(path string) (servers []Server, bad []error, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading state file: %w", err)
+	}
+	return parseState(b, "state file "+path)
+}
+
+// parseState decodes saved servers; source names them in errors.
+func parseState(b []byte, source string) (servers []Server, bad []error, err error) {
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, nil, fmt.Errorf("%s is not valid JSON: %w", source, err)
+	}
+	if st.Format != stateFormat {
+		return nil, nil, fmt.Errorf("%s has format %d, want %d", source, st.Format, stateFormat)
+	}
+	for i, s := range st.Servers {
+		id, canonical, err := ParseServerURL(s.URL)
+		if err == nil && (s.Weight < 1 || s.Weight > 1000) {
+			err = errors.New("weight must be between 1 and 1000")
+		}
+		if err == nil {
+			err = s.HealthCheck.Validate("health_check")
+		}
+		if err != nil {
+			bad = append(bad, fmt.Errorf("servers[%d]: %w", i, err))
+			continue
+		}
+		servers = append(servers, Server{ID: id, URL: canonical, Weight: s.Weight, Health: s.HealthCheck})
+	}
+	return servers, bad, nil
+}
+
+// writeState saves servers at path atomically: a temporary file beside it,
+// synced, renamed over it, and the directory synced, so that a crash leaves
+// either the old file or the new one.
+func writeState(path string, servers []Server) error {
+	b, err := encodeState(servers)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// encodeState encodes servers in the state file's format.
+func encodeState(servers []Server) ([]byte, error) {
+	st := savedState{Format: stateFormat, Saved: time.Now().UTC(), Servers: make([]savedServer, 0, len(servers))}
+	for _, s := range servers {
+		st.Servers = append(st.Servers, savedServer{URL: s.URL, Weight: s.Weight, HealthCheck: s.Health})
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding state: %w", err)
+	}
+	return b, nil
+}
+
+// registered returns copies of the servers added through the admin API.
+// Called with m.mu held.
+func (m *Manager) registered() []Server {
+	var out []Server
+	for _, id := range m.pool.order {
+		if s := m.pool.Get(id); !s.Static {
+			out = append(out, *s)
+		}
+	}
+	return out
+}
+
+// loadHanded adds the servers the previous generation handed over at an
+// upgrade: the pool as it was in memory, which the state file may lag (or
+// not exist). Like the state file, it never stops the configured servers.
+func (m *Manager) loadHanded(b []byte) {
+	servers, bad, err := parseState(b, "the pool handed over by the previous generation")
+	if err != nil {
+		m.log.Error("could not take over the previous generation's pool; serving the configured servers only", "error", err)
+		return
+	}
+	for _, e := range bad {
+		m.log.Error("handed-over pool: skipping a server", "error", e)
+	}
+	m.addSaved(servers, "the previous generation")
+}
+
+// addSaved adds saved servers that the configuration file does not have.
+func (m *Manager) addSaved(servers []Server, source string) {
+	added := 0
+	for _, s := range servers {
+		if m.pool.Get(s.ID) != nil {
+			continue // the configuration file has it; its settings win
+		}
+		s.Added = m.started
+		m.pool.Add(s)
+		added++
+	}
+	m.log.Info("pool loaded", "from", source, "servers", added)
+}
+
+// loadState adds the servers saved in the state file to the pool. Problems
+// are logged, never fatal: the servers of the configuration file are served
+// whatever the state file holds. A file that cannot be parsed is moved
+// aside, so that the next save does not destroy what an operator may want
+// to recover.
+func (m *Manager) loadState() {
+	path := m.cfg.State.File
+	if path == "" {
+		return
+	}
+	servers, bad, err := readState(path)
+	if err != nil {
+		aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+		if rerr := os.Rename(path, aside); rerr == nil {
+			m.log.Error("state file unusable, moved aside; serving the configured servers only", "error", err, "moved_to", aside)
+		} else {
+			m.log.Error("state file unusable; serving the configured servers only", "error", err)
+		}
+		return
+	}
+	for _, e := range bad {
+		m.log.Error("state file: skipping a server", "file", path, "error", e)
+	}
+	m.addSaved(servers, path)
+}
+
+// persist saves the pool's registered servers if they changed since the
+// last save. Concurrent callers coalesce: whoever holds stateMu writes the
+// latest pool, which covers every change made before it looked.
+func (m *Manager) persist() {
+	path := m.cfg.State.File
+	if path == "" {
+		return
+	}
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	m.mu.Lock()
+	seq := m.stateSeq
+	if m.stateSaved >= seq {
+		m.mu.Unlock()
+		return
+	}
+	servers := m.registered()
+	m.mu.Unlock()
+
+	if err := writeState(path, servers); err != nil {
+		m.stateFailures.Add(1)
+		m.log.Error("saving state failed; the change is in effect but not saved", "file", path, "error", err)
+		return
+	}
+	m.mu.Lock()
+	m.stateSaved = seq
+	m.mu.Unlock()
+}
