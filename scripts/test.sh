@@ -6,6 +6,21 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
+# The package tests inspect .rpm files with rpm and the unit with
+# systemd-analyze. As root with apt-get, install what is missing; otherwise
+# those tests skip and say why.
+missing=()
+command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >&2
+  else
+    echo "test.sh: ${missing[*]} not installed and not root: their package tests will skip" >&2
+  fi
+fi
+
 race=()
 if command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1; then
   race=(-race)
