@@ -24,7 +24,7 @@ var ErrFrameTooLarge = errors.New("ipc: frame too large")
 func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err // io.EOF here means the peer closed cleanly
+		return nil, err // io.EOF here means the peer closed cleanly between frames
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
 	if n > MaxFrameSize {
@@ -35,7 +35,10 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	}
 	buf = buf[:n]
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, fmt.Errorf("reading frame payload: %w", io.ErrUnexpectedEOF)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("reading frame payload: %w", err)
 	}
 	return buf, nil
 }

@@ -175,6 +175,10 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	}()
 
 	if err := m.waitReady(ctx, m.workersCount, readyTimeout); err != nil {
+		if ctx.Err() != nil {
+			m.log.Info("stopping before ready", "reason", context.Cause(ctx))
+			return nil // asked to stop: not a failure
+		}
 		return err
 	}
 
@@ -204,6 +208,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	m.log.Info("weldr ready", "version", Version, "proxy", proxyLn.Addr().String(),
 		"admin", adminLn.Addr().String(), "workers", m.workersCount, "servers", m.poolLen())
 
+	defer m.stopOnce.Do(func() { close(m.stopping) }) // before the drain: workers that exit now are not restarted
 	select {
 	case <-ctx.Done():
 		m.log.Info("stopping", "reason", context.Cause(ctx))

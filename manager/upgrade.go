@@ -26,7 +26,15 @@ func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal) 
 		defer wg.Done()
 		m.upgrader(upg, hup, done)
 	}()
-	return func() { close(done); wg.Wait() }
+	return func() {
+		// Stop first: an upgrade in progress (a new generation starting)
+		// is abandoned and its process killed, rather than waited for up
+		// to tableflip's timeout or, worse, let take over after the
+		// operator asked weldr to stop.
+		upg.Stop()
+		close(done)
+		wg.Wait()
+	}
 }
 
 // upgrader loops on SIGHUP.

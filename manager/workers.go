@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -111,10 +110,9 @@ func (m *Manager) runWorker(slot int) error {
 	m.mu.Unlock()
 
 	c := ipc.NewConn(conn)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); m.pipeWriter(wp, c) }()
-	go func() { defer wg.Done(); m.workerReports(wp, c) }()
+	written, reported := make(chan struct{}), make(chan struct{})
+	go func() { defer close(written); m.pipeWriter(wp, c) }()
+	go func() { defer close(reported); m.workerReports(wp, c) }()
 
 	err = cmd.Wait()
 	m.mu.Lock()
@@ -124,8 +122,11 @@ func (m *Manager) runWorker(slot int) error {
 	}
 	close(wp.out)
 	m.mu.Unlock()
+	// The worker is gone, so its end of the pipe is closed: the reports
+	// reach EOF after its last stats, which must not be cut off.
+	<-reported
 	conn.Close()
-	wg.Wait()
+	<-written
 	if err != nil {
 		return fmt.Errorf("worker %d: %w", cmd.Process.Pid, err)
 	}

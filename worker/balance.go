@@ -27,6 +27,9 @@ type backend struct {
 
 	inflight atomic.Int64 // requests sent and not yet finished; least_conn reads it
 	stats    serverCounters
+	pool     connPool // idle connections to this server
+
+	lastReport int // once retired: 1 after the report in which it was idle; the stats reporter's alone
 }
 
 func newBackend(s ipc.Server) *backend {

@@ -282,13 +282,7 @@ func TestResponseHeaders(t *testing.T) {
 					t.Errorf("client got %s: %q, want no such header", k, v)
 				}
 			}
-			if v, ok := res.Header["X-Hop"]; ok && tc.connection == "Connection: close, X-Hop" {
-				// net/http's client deletes the whole Connection header of
-				// a response that holds "close" (shouldClose in
-				// transfer.go) before weldr sees it; the backend side of
-				// issue 5/6's own HTTP/1.1 engine reads it.
-				t.Skipf("issue 5: client got X-Hop: %q; net/http's client hides the names a Connection: close lists", v)
-			} else if ok {
+			if v, ok := res.Header["X-Hop"]; ok {
 				// net/http's client deletes the whole Connection header of
 				// a response that holds "close" (shouldClose in
 				// transfer.go): the proxy must learn the names it lists
@@ -783,11 +777,15 @@ func TestBackendBreaksOffBody(t *testing.T) {
 				// buffered status line and body: the client then sees a
 				// socket closed without any response.
 				t.Errorf("GET / = %v, want the response headers and then an error reading the body", err)
+			} else if res.StatusCode == http.StatusBadGateway {
+				// Nothing of the body had arrived: weldr may still answer
+				// with a clean 502 instead of a broken 200.
+				res.Body.Close()
 			} else {
 				body, err := io.ReadAll(res.Body)
 				res.Body.Close()
 				if err == nil {
-					t.Errorf("reading a body the backend broke off = %d bytes, no error; want an error", len(body))
+					t.Errorf("reading a body the backend broke off = %d bytes, no error; want an error (or a 502)", len(body))
 				}
 			}
 			sum := h.finish(t)
@@ -992,25 +990,16 @@ func TestRejectsAmbiguousRequests(t *testing.T) {
 	echo, hits := echoOrigin(t)
 	h := startWorker(t, testSettings(), echo)
 	tests := []struct {
-		name           string
-		raw            string
-		needsOwnParser bool
+		name string
+		raw  string
 	}{
-		{"content-length and transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", true},
-		{"differing content-lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", false},
-		{"content-length list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd", false},
-		{"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", true},
+		{"content-length and transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"},
+		{"differing content-lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"},
+		{"content-length list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd"},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.needsOwnParser {
-				// net/http's server normalises these before the handler
-				// sees the request (it drops Content-Length beside chunked
-				// and unfolds obs-fold), so the backend gets one consistent
-				// message but not the 400 SPEC asks for. The request
-				// parser of issue 5 (hardening) rejects them.
-				t.Skip("issue 5: needs weldr's own request parser")
-			}
 			before := hits.Load()
 			res, body := exchange(t, h.addr, "POST", tc.raw)
 			if res.StatusCode != http.StatusBadRequest {

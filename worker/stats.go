@@ -53,8 +53,10 @@ type stats struct {
 	retired []*backend // removed servers whose last counts are not yet reported
 }
 
-// retire keeps b's counts for the next report after b left the pool.
+// retire keeps b's counts for the next report after b left the pool, and
+// closes its idle connections.
 func (st *stats) retire(b *backend) {
+	b.pool.closeIdle()
 	st.mu.Lock()
 	st.retired = append(st.retired, b)
 	st.mu.Unlock()
@@ -92,11 +94,14 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 	retired := st.retired
 	st.retired = nil
 	for _, b := range retired {
-		// Requests count their outcome before they leave inflight, so
-		// reading inflight first means nothing can slip between.
-		busy := b.inflight.Load() > 0
+		// A request counts its outcome before it leaves inflight; one that
+		// picked b from an older snapshot may not have entered inflight
+		// yet, so b is reported once more after it looks idle.
 		add(b)
-		if busy {
+		if b.inflight.Load() > 0 || b.lastReport == 0 {
+			if b.inflight.Load() == 0 {
+				b.lastReport = 1
+			}
 			st.retired = append(st.retired, b)
 		}
 	}

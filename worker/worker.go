@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"sync/atomic"
 	"time"
@@ -67,27 +66,16 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	w.balancer.policy = set.Balance
 	w.apply(&m)
 
-	p := newProxy(w, set.ConnectTimeout, set.ResponseHeaderTimeout)
-	p.preserveHost = set.PreserveHost
+	fe := newFrontend(w, frontendSettings(&set))
 	if set.AccessLog {
 		// Access lines go out at info level whatever log.level says: the
 		// operator asked for them.
 		lb := newLogBuffer(logOut)
-		p.accessLog = newLogger(lb, "info", set.LogFormat).With("worker", os.Getpid())
+		fe.accessLog = newLogger(lb, "info", set.LogFormat).With("worker", os.Getpid())
 		stopFlushing := make(chan struct{})
 		flushed := make(chan struct{})
 		go func() { lb.accessLogFlusher(stopFlushing); close(flushed) }()
 		defer func() { close(stopFlushing); <-flushed }()
-	}
-	defer p.transport.CloseIdleConnections()
-	conns := newConnCount()
-	srv := &http.Server{
-		Handler:           p,
-		ConnState:         conns.track,
-		ReadHeaderTimeout: set.ReadHeaderTimeout,
-		IdleTimeout:       set.IdleTimeout,
-		MaxHeaderBytes:    set.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}
 
 	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
@@ -96,7 +84,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 	w.log.Debug("worker serving", "servers", len(w.servers))
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- fe.serve(ln) }()
 
 	interval := set.StatsInterval
 	if interval <= 0 {
@@ -127,7 +115,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		}
 	}
 
-	w.drain(srv, ln, p, conns, drain)
+	w.drain(fe, ln, drain)
 	stopReporting()
 	if rerr := <-reported; rerr != nil {
 		w.log.Debug("last stats report failed", "error", rerr)
@@ -256,4 +244,27 @@ func newLogger(out io.Writer, level, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(out, opts))
 	}
 	return slog.New(slog.NewTextHandler(out, opts))
+}
+
+// frontendSettings applies defaults to what the manager sent.
+func frontendSettings(set *ipc.Settings) ipcSettings {
+	or := func(d, def time.Duration) time.Duration {
+		if d <= 0 {
+			return def
+		}
+		return d
+	}
+	fs := ipcSettings{
+		connectTimeout:        or(set.ConnectTimeout, time.Second),
+		responseHeaderTimeout: or(set.ResponseHeaderTimeout, 30*time.Second),
+		readHeaderTimeout:     or(set.ReadHeaderTimeout, 10*time.Second),
+		idleTimeout:           or(set.IdleTimeout, 60*time.Second),
+		maxHeaderBytes:        set.MaxHeaderBytes,
+		maxRequestLine:        8192,
+		preserveHost:          set.PreserveHost,
+	}
+	if fs.maxHeaderBytes <= 0 {
+		fs.maxHeaderBytes = 64 << 10
+	}
+	return fs
 }

@@ -156,10 +156,14 @@ func (d *daemon) writeConfig(t *testing.T, cfg string) {
 	}
 }
 
-// waitReady waits until the admin API reports every worker serving.
+// waitReady waits until the admin API reports every worker serving and the
+// PID file is written (tableflip writes it just after the admin API opens).
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
 	waitFor(t, 30*time.Second, "weldr to be ready", func() bool {
+		if _, err := os.Stat(d.pidFile); err != nil {
+			return false
+		}
 		res, err := http.Get(d.admin + "/healthz")
 		if err != nil {
 			return false

@@ -1,0 +1,290 @@
+package worker
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// frontend is weldr's HTTP/1.1 server: one goroutine per client connection,
+// which reads a request, forwards it on a pooled backend connection, relays
+// the answer and goes on to the next request on the same connection, so
+// pipelined requests are answered in order.
+type frontend struct {
+	w         *worker
+	lim       limits
+	readSize  int // client read buffer: holds the longest line accepted
+	up        upstreams
+	accessLog *slog.Logger // nil: no access log
+
+	readHeaderTimeout time.Duration
+	idleTimeout       time.Duration
+	maxBody           int64 // 0: no limit
+	maxConns          int   // per worker; 0: no limit
+	preserveHost      bool
+
+	readers sync.Pool // *bufio.Reader of readSize, taken only while a request is read
+	writers sync.Pool // *bufio.Writer
+
+	mu    sync.Mutex // guards conns
+	conns map[*clientConn]struct{}
+	open  atomic.Int64
+	done  sync.WaitGroup // one per connection goroutine
+	zero  chan struct{}  // signalled when open drops to zero while draining
+}
+
+func newFrontend(w *worker, set ipcSettings) *frontend {
+	f := &frontend{
+		w:                 w,
+		lim:               limits{headerBytes: set.maxHeaderBytes, lineBytes: set.maxRequestLine},
+		readHeaderTimeout: set.readHeaderTimeout,
+		idleTimeout:       set.idleTimeout,
+		maxBody:           set.maxBody,
+		maxConns:          set.maxConns,
+		preserveHost:      set.preserveHost,
+		conns:             make(map[*clientConn]struct{}),
+		zero:              make(chan struct{}, 1),
+	}
+	f.readSize = max(16<<10, set.maxRequestLine+2)
+	f.up.init(set.connectTimeout, set.responseHeaderTimeout)
+	f.readers.New = func() any { return bufio.NewReaderSize(nil, f.readSize) }
+	f.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	return f
+}
+
+// ipcSettings are the settings the front end needs, with defaults applied.
+type ipcSettings struct {
+	connectTimeout, responseHeaderTimeout, readHeaderTimeout, idleTimeout time.Duration
+	maxHeaderBytes, maxRequestLine, maxConns                              int
+	maxBody                                                               int64
+	preserveHost                                                          bool
+}
+
+// serve accepts connections until ln is closed.
+func (f *frontend) serve(ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.w.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors: wait for some to close.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				f.w.log.Warn("accept failed, retrying", "error", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if f.maxConns > 0 && f.open.Load() >= int64(f.maxConns) {
+			// Over the limit: a short answer, never a silent close.
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(tooManyConns)
+			c.Close()
+			f.w.stats.unavailable.Add(1)
+			continue
+		}
+		cc := f.newConn(c)
+		f.done.Add(1)
+		go cc.serve()
+	}
+}
+
+var tooManyConns = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n")
+
+// clientConn is one client connection.
+type clientConn struct {
+	f      *frontend
+	c      net.Conn
+	raw    syscall.RawConn
+	remote string // RemoteAddr, kept for logs and X-Forwarded-For
+	ip     string
+
+	br   *bufio.Reader // nil while idle
+	bw   *bufio.Writer // nil while idle
+	req  message
+	res  message
+	idle atomic.Bool // waiting for a request: a drain may close it
+}
+
+func (f *frontend) newConn(c net.Conn) *clientConn {
+	cc := &clientConn{f: f, c: c, remote: c.RemoteAddr().String()}
+	cc.ip = cc.remote
+	if host, _, err := net.SplitHostPort(cc.remote); err == nil {
+		cc.ip = host
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		cc.raw, _ = sc.SyscallConn()
+	}
+	f.open.Add(1)
+	f.mu.Lock()
+	f.conns[cc] = struct{}{}
+	f.mu.Unlock()
+	return cc
+}
+
+func (cc *clientConn) close() {
+	cc.c.Close()
+	cc.release()
+	f := cc.f
+	f.mu.Lock()
+	delete(f.conns, cc)
+	f.mu.Unlock()
+	if f.open.Add(-1) == 0 && f.w.draining.Load() {
+		select {
+		case f.zero <- struct{}{}:
+		default:
+		}
+	}
+	f.done.Done()
+}
+
+// acquire takes buffers from the pools; release gives them back. Only
+// connections with a request under way hold buffers, so ten thousand idle
+// keep-alive connections cost a goroutine each and no buffer.
+func (cc *clientConn) acquire() {
+	if cc.br == nil {
+		cc.br = cc.f.readers.Get().(*bufio.Reader)
+		cc.br.Reset(cc.c)
+	}
+	if cc.bw == nil {
+		cc.bw = cc.f.writers.Get().(*bufio.Writer)
+		cc.bw.Reset(cc.c)
+	}
+}
+
+func (cc *clientConn) release() {
+	if cc.br != nil && cc.br.Buffered() == 0 {
+		cc.br.Reset(nil)
+		cc.f.readers.Put(cc.br)
+		cc.br = nil
+	}
+	if cc.bw != nil && cc.bw.Buffered() == 0 {
+		cc.bw.Reset(nil)
+		cc.f.writers.Put(cc.bw)
+		cc.bw = nil
+	}
+}
+
+// serve reads and answers requests until the connection ends.
+func (cc *clientConn) serve() {
+	defer cc.close()
+	f := cc.f
+	for {
+		if cc.br == nil || cc.br.Buffered() == 0 {
+			// Idle between requests: hold no buffer while waiting.
+			cc.release()
+			cc.idle.Store(true)
+			cc.c.SetReadDeadline(time.Now().Add(f.idleTimeout))
+			err := cc.waitReadable()
+			cc.idle.Store(false)
+			if err != nil {
+				return
+			}
+		}
+		cc.acquire()
+		cc.c.SetReadDeadline(time.Now().Add(f.readHeaderTimeout))
+		err := readRequest(cc.br, &cc.req, f.lim)
+		if err != nil {
+			cc.requestFailed(err)
+			return
+		}
+		cc.c.SetReadDeadline(time.Time{})
+		if !cc.forward() {
+			return
+		}
+	}
+}
+
+// waitReadable blocks until the connection has data (or EOF, or an error)
+// without reading any of it. It peeks with MSG_PEEK|MSG_DONTWAIT before
+// waiting, since readiness may have been signalled already.
+func (cc *clientConn) waitReadable() error {
+	if cc.raw == nil {
+		return nil // not a socket: just read
+	}
+	var one [1]byte
+	var werr error
+	err := cc.raw.Read(func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return false
+		}
+		werr = nil
+		if err != nil {
+			werr = err
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+// requestFailed answers a request weldr could not read, then the
+// connection closes: after a malformed message the stream cannot be
+// trusted (RFC 9112 §9.3).
+func (cc *clientConn) requestFailed(err error) {
+	var pe *parseError
+	var ne net.Error
+	switch {
+	case errors.As(err, &pe):
+		cc.f.w.stats.clientFailed.Add(1)
+		if pe.status == http.StatusBadRequest {
+			cc.f.w.stats.badRequest.Add(1)
+		}
+		cc.f.w.log.Debug("rejected request", "client", cc.remote, "status", pe.status, "reason", pe.msg)
+		cc.writeError(pe.status, pe.msg+"\n")
+	case errors.As(err, &ne) && ne.Timeout() && cc.req.headBytes > 0:
+		cc.writeError(http.StatusRequestTimeout, "request header timeout\n")
+	case errors.Is(err, io.ErrUnexpectedEOF) && cc.req.headBytes > 0:
+		cc.writeError(http.StatusBadRequest, "incomplete request\n")
+	}
+	// A clean EOF or reset between requests needs no answer.
+}
+
+// writeError writes a response weldr makes itself and marks the
+// connection for closing.
+func (cc *clientConn) writeError(code int, msg string) {
+	bw := cc.bw
+	if bw == nil {
+		cc.acquire()
+		bw = cc.bw
+	}
+	cc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	writeStatusLine(bw, code, nil)
+	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(msg)))
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(msg)
+	bw.Flush()
+}
+
+func writeStatusLine(bw *bufio.Writer, code int, reason []byte) {
+	bw.WriteString("HTTP/1.1 ")
+	var b [3]byte
+	b[0], b[1], b[2] = byte('0'+code/100), byte('0'+code/10%10), byte('0'+code%10)
+	bw.Write(b[:])
+	bw.WriteByte(' ')
+	if reason == nil {
+		bw.WriteString(http.StatusText(code))
+	} else {
+		bw.Write(reason)
+	}
+	bw.WriteString("\r\n")
+}

@@ -1,0 +1,158 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// upstreams dials backends and keeps their idle connections for reuse by
+// any client connection of the worker.
+type upstreams struct {
+	dialer                net.Dialer
+	responseHeaderTimeout time.Duration
+}
+
+// Idle backend connections: at most maxIdlePerBackend kept per server,
+// none older than upIdleTimeout (servers close idle connections
+// themselves, typically after a minute or more).
+const (
+	maxIdlePerBackend = 256
+	upIdleTimeout     = 50 * time.Second
+)
+
+func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration) {
+	u.dialer = net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
+	u.responseHeaderTimeout = responseHeaderTimeout
+}
+
+// connectError marks a failure to connect to a backend: nothing of the
+// request was sent, so the next server may be tried.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "connecting: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// upConn is a connection to a backend with its buffers.
+type upConn struct {
+	c      net.Conn
+	raw    syscall.RawConn // nil for TLS
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	reused bool      // it carried a request before: the server may have closed it
+	idleAt time.Time // when it was put back
+}
+
+// connPool is a backend's idle connections, most recently used on top.
+type connPool struct {
+	mu   sync.Mutex // guards idle
+	idle []*upConn
+}
+
+// get returns an idle connection to b that still looks open, or dials one.
+func (u *upstreams) get(b *backend) (*upConn, error) {
+	now := time.Now()
+	for {
+		b.pool.mu.Lock()
+		n := len(b.pool.idle)
+		if n == 0 {
+			b.pool.mu.Unlock()
+			break
+		}
+		uc := b.pool.idle[n-1]
+		b.pool.idle[n-1] = nil
+		b.pool.idle = b.pool.idle[:n-1]
+		b.pool.mu.Unlock()
+		if now.Sub(uc.idleAt) < upIdleTimeout && uc.open() {
+			uc.reused = true
+			return uc, nil
+		}
+		uc.c.Close()
+	}
+	return u.dial(b)
+}
+
+// put keeps uc for reuse, or closes it when the pool is full.
+func (u *upstreams) put(b *backend, uc *upConn) {
+	uc.idleAt = time.Now()
+	b.pool.mu.Lock()
+	if len(b.pool.idle) < maxIdlePerBackend {
+		b.pool.idle = append(b.pool.idle, uc)
+		uc = nil
+	}
+	b.pool.mu.Unlock()
+	if uc != nil {
+		uc.c.Close()
+	}
+}
+
+// closeIdle closes b's idle connections (b left the pool).
+func (p *connPool) closeIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, uc := range idle {
+		uc.c.Close()
+	}
+}
+
+// dial connects to b. Failures are connectErrors: nothing was sent, so the
+// request may go to another server.
+func (u *upstreams) dial(b *backend) (*upConn, error) {
+	c, err := u.dialer.Dial("tcp", b.id)
+	if err != nil {
+		return nil, &connectError{err: err}
+	}
+	uc := &upConn{c: c}
+	if b.scheme == "https" {
+		host, _, _ := net.SplitHostPort(b.id)
+		tc := tls.Client(c, &tls.Config{ServerName: host, NextProtos: []string{"http/1.1"}})
+		ctx, cancel := context.WithTimeout(context.Background(), u.dialer.Timeout+u.responseHeaderTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			c.Close()
+			return nil, &connectError{err: err}
+		}
+		uc.c = tc
+	} else if sc, ok := c.(syscall.Conn); ok {
+		uc.raw, _ = sc.SyscallConn()
+	}
+	uc.br = bufio.NewReaderSize(uc.c, 16<<10)
+	uc.bw = bufio.NewWriterSize(uc.c, 16<<10)
+	return uc, nil
+}
+
+// open reports whether an idle connection is still usable: nothing
+// buffered, and a non-blocking peek finds neither data nor EOF.
+func (uc *upConn) open() bool {
+	if uc.br.Buffered() > 0 {
+		return false
+	}
+	if uc.raw == nil {
+		return true // TLS: found out on use
+	}
+	ok := false
+	var one [1]byte
+	uc.raw.Control(func(fd uintptr) {
+		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ok = err == unix.EAGAIN
+	})
+	return ok
+}
+
+// closeAll closes the idle connections of every server the worker knows.
+func (u *upstreams) closeAll(w *worker) {
+	if s := w.snap.Load(); s != nil {
+		for _, b := range s.all {
+			b.pool.closeIdle()
+		}
+	}
+}
