@@ -42,6 +42,7 @@ func sampleMessages() []Message {
 		{Kind: Snapshot, Settings: &Settings{
 			Balance: "least_conn", ConnectTimeout: time.Second, ResponseHeaderTimeout: 30 * time.Second,
 			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 65536,
+			MaxRequestLine: 8192, MaxConnections: 10000, MaxBodyBytes: 1 << 30,
 			PreserveHost: true, StatsInterval: time.Second, LogLevel: "debug", LogFormat: "json", AccessLog: true,
 		}, Servers: Servers{
 			{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001", Weight: 1},

@@ -117,7 +117,13 @@ type Settings struct {
 	ReadHeaderTimeout     time.Duration `msgpack:"rdht,omitempty"`
 	IdleTimeout           time.Duration `msgpack:"it,omitempty"`
 	MaxHeaderBytes        int           `msgpack:"mhb,omitempty"`
-	PreserveHost          bool          `msgpack:"ph,omitempty"`
+	MaxRequestLine        int           `msgpack:"mrl,omitempty"`
+	// MaxConnections bounds a worker's open client connections. If zero,
+	// there is no bound.
+	MaxConnections int `msgpack:"mc,omitempty"`
+	// MaxBodyBytes bounds a request body. If zero, there is no bound.
+	MaxBodyBytes int64 `msgpack:"mbb,omitempty"`
+	PreserveHost bool  `msgpack:"ph,omitempty"`
 	// DrainTimeout bounds the drain when the worker stops without a Drain
 	// message (its manager went away, or it got SIGTERM).
 	DrainTimeout time.Duration `msgpack:"dt,omitempty"`

@@ -34,7 +34,7 @@ func errorf(code int, format string, args ...any) error {
 type apiFunc func(r *http.Request) (int, any, error)
 
 // adminHandler returns the admin API. Every answer, errors included, is
-// JSON.
+// JSON, except /metrics; if admin.token is set, every request must carry it.
 func (m *Manager) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", m.api(m.index))
@@ -56,7 +56,21 @@ func (m *Manager) adminHandler() http.Handler {
 	mux.Handle("/", m.api(func(*http.Request) (int, any, error) {
 		return 0, nil, errorf(http.StatusNotFound, "not found")
 	}))
-	return mux
+	return adminHeaders(m.requireToken(m.cfg.Admin.Token, mux))
+}
+
+// adminHeaders sets the headers every admin answer carries before next
+// writes it. Content-Type is JSON unless next sets another: that also keeps
+// what the mux answers by itself (its redirect to a cleaned path) from
+// carrying an HTML body that echoes the request.
+func adminHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
 }
 
 // api adapts an apiFunc to http.Handler, writing its value or error as JSON.

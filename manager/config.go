@@ -64,6 +64,17 @@ type ProxyConfig struct {
 	// PreserveHost passes the client's Host header to the backend; if false
 	// the backend's host:port is sent. Default true.
 	PreserveHost bool `toml:"preserve_host"`
+	// MaxRequestLine bounds a client's request line (method, target and
+	// version), 256..1048576 bytes; a longer one is answered 414. Default
+	// 8192.
+	MaxRequestLine int `toml:"max_request_line"`
+	// MaxConnections bounds the client connections one worker holds open,
+	// 0..10000000; the ones beyond it are answered 503 and closed. If zero,
+	// there is no limit. Default 10000.
+	MaxConnections int `toml:"max_connections"`
+	// MaxBodyBytes bounds a client's request body; a larger one is answered
+	// 413. If zero, there is no limit. Default 0.
+	MaxBodyBytes int64 `toml:"max_body_bytes"`
 }
 
 // AdminConfig is the [admin] section: the management API.
@@ -71,8 +82,12 @@ type AdminConfig struct {
 	// Listen is the admin API's host:port. Default "127.0.0.1:8687".
 	Listen string `toml:"listen"`
 	// Token, if set, is the bearer token every admin request must carry.
-	// If empty, the API has no authentication.
+	// If empty, the API has no authentication, which Validate allows only on
+	// a loopback Listen address or with Insecure.
 	Token string `toml:"token"`
+	// Insecure accepts an admin API without a token on an address that is
+	// not loopback. Default false.
+	Insecure bool `toml:"insecure"`
 }
 
 // HealthCheck is how a server is actively checked. It is both the [health]
@@ -146,6 +161,9 @@ func Default() *Config {
 			IdleTimeout:           Duration(60 * time.Second),
 			MaxHeaderBytes:        64 << 10,
 			PreserveHost:          true,
+			MaxRequestLine:        8 << 10,
+			MaxConnections:        10000,
+			MaxBodyBytes:          0,
 		},
 		Admin: AdminConfig{
 			Listen: "127.0.0.1:8687",
@@ -307,6 +325,12 @@ func setField(field reflect.Value, s string) error {
 			return fmt.Errorf("invalid integer %s", quoteShort(s))
 		}
 		field.SetInt(int64(n))
+	case reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("invalid integer %s", quoteShort(s))
+		}
+		field.SetInt(n)
 	case reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
@@ -353,9 +377,30 @@ func (c *Config) Validate() error {
 	if p.MaxHeaderBytes < 1<<10 || p.MaxHeaderBytes > 16<<20 {
 		add("proxy.max_header_bytes", "must be between 1024 and 16777216")
 	}
+	if p.MaxRequestLine < 256 || p.MaxRequestLine > 1<<20 {
+		add("proxy.max_request_line", "must be between 256 and 1048576")
+	}
+	if p.MaxConnections < 0 || p.MaxConnections > 10_000_000 {
+		add("proxy.max_connections", "must be between 0 and 10000000")
+	}
+	if p.MaxBodyBytes < 0 {
+		add("proxy.max_body_bytes", "must not be negative")
+	}
 
-	if err := checkListen(c.Admin.Listen); err != nil {
+	a := c.Admin
+	if err := checkListen(a.Listen); err != nil {
 		add("admin.listen", "%w", err)
+	} else if a.Token == "" && !a.Insecure && !isLoopback(a.Listen) {
+		// Anyone who reaches the admin API can route traffic anywhere, so
+		// it is not left open by a mistyped listen address.
+		add("admin.token", "required when admin.listen (%s) is not a loopback address; "+
+			"set one (or WELDR_ADMIN_TOKEN), or set admin.insecure = true to accept an unauthenticated admin API", a.Listen)
+	}
+	if strings.ContainsFunc(a.Token, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		// A bearer token has no spaces (RFC 6750, section 2.1), and one
+		// around it could not even be sent: HTTP trims them from a header
+		// value, and forbids control characters in it.
+		add("admin.token", "must not contain spaces or control characters")
 	}
 
 	errs = append(errs, c.Health.Validate("health"))
@@ -415,6 +460,21 @@ func checkListen(addr string) error {
 		return fmt.Errorf("host %s must be an IP address or a name", quoteShort(host))
 	}
 	return nil
+}
+
+// isLoopback reports whether the listen address addr, which checkListen
+// accepted, is on loopback only: its host is an IP address in 127.0.0.0/8 or
+// ::1, or the name localhost. An empty host listens on every address.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Validate reports every invalid field of a complete health check (one that

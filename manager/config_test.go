@@ -3,6 +3,7 @@ package manager
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -130,14 +131,15 @@ func TestConfigEnvNames(t *testing.T) {
 	for _, name := range []string{
 		"WELDR_PROXY_LISTEN", "WELDR_PROXY_CONNECT_TIMEOUT", "WELDR_ADMIN_TOKEN",
 		"WELDR_LIFECYCLE_PID_FILE", "WELDR_LOG_ACCESS_LOG", "WELDR_HEALTH_INTERVAL",
-		"WELDR_STATE_FILE",
+		"WELDR_STATE_FILE", "WELDR_PROXY_MAX_REQUEST_LINE", "WELDR_PROXY_MAX_CONNECTIONS",
+		"WELDR_PROXY_MAX_BODY_BYTES", "WELDR_ADMIN_INSECURE",
 	} {
 		if !seen[name] {
 			t.Errorf("envVars() has no %s", name)
 		}
 	}
 	// Every key of every section has a variable; servers has none.
-	if got, want := len(vars), 9+2+5+1+2+3; got != want {
+	if got, want := len(vars), 12+3+5+1+2+3; got != want {
 		t.Errorf("len(envVars()) = %d, want %d", got, want)
 	}
 }
@@ -150,6 +152,13 @@ workers = 4
 balance = "least_conn"
 connect_timeout = "250ms"
 preserve_host = false
+max_request_line = 4096
+max_connections = 50000
+max_body_bytes = 1048576
+
+[admin]
+listen = "[::]:8687"
+insecure = true
 
 [health]
 path = "/healthz"
@@ -175,6 +184,11 @@ weight = 5
 	want.Proxy.Balance = "least_conn"
 	want.Proxy.ConnectTimeout = Duration(250 * time.Millisecond)
 	want.Proxy.PreserveHost = false
+	want.Proxy.MaxRequestLine = 4096
+	want.Proxy.MaxConnections = 50000
+	want.Proxy.MaxBodyBytes = 1 << 20
+	want.Admin.Listen = "[::]:8687"
+	want.Admin.Insecure = true
 	want.Health.Path = "/healthz"
 	want.Health.Interval = Duration(90 * time.Second)
 	want.State.File = ""
@@ -310,6 +324,16 @@ func TestConfigInvalidValue(t *testing.T) {
 		{"idle_timeout zero", "[proxy]\nidle_timeout = \"0s\"\n", "proxy.idle_timeout: must be positive"},
 		{"max_header_bytes small", "[proxy]\nmax_header_bytes = 1023\n", "proxy.max_header_bytes: must be between 1024 and 16777216"},
 		{"max_header_bytes big", "[proxy]\nmax_header_bytes = 16777217\n", "proxy.max_header_bytes: must be between 1024 and 16777216"},
+		{"max_request_line small", "[proxy]\nmax_request_line = 255\n", "proxy.max_request_line: must be between 256 and 1048576"},
+		{"max_request_line big", "[proxy]\nmax_request_line = 1048577\n", "proxy.max_request_line: must be between 256 and 1048576"},
+		{"max_connections negative", "[proxy]\nmax_connections = -1\n", "proxy.max_connections: must be between 0 and 10000000"},
+		{"max_connections big", "[proxy]\nmax_connections = 10000001\n", "proxy.max_connections: must be between 0 and 10000000"},
+		{"max_body_bytes negative", "[proxy]\nmax_body_bytes = -1\n", "proxy.max_body_bytes: must not be negative"},
+		{"max_body_bytes string", "[proxy]\nmax_body_bytes = \"1MB\"\n", "max_body_bytes"},
+		{"insecure string", "[admin]\ninsecure = \"yes\"\n", "insecure"},
+		{"admin token space", "[admin]\ntoken = \"s3cret\\n\"\n", "admin.token: must not contain spaces or control characters"},
+		{"admin open", "[admin]\nlisten = \"0.0.0.0:8687\"\n", "admin.token: required when admin.listen (0.0.0.0:8687) is not a loopback address; " +
+			"set one (or WELDR_ADMIN_TOKEN), or set admin.insecure = true to accept an unauthenticated admin API"},
 		{"admin listen", "[admin]\nlisten = \"localhost\"\n", "admin.listen: "},
 		{"health path", "[health]\npath = \"healthz\"\n", `health.path: must start with "/"`},
 		{"health path space", "[health]\npath = \"/a b\"\n", "health.path: must not contain spaces"},
@@ -396,6 +420,19 @@ func TestConfigEnv(t *testing.T) {
 		{"bool", map[string]string{"WELDR_LOG_ACCESS_LOG": "true"}, func(c *Config) { c.Log.AccessLog = true }},
 		{"bool false", map[string]string{"WELDR_PROXY_PRESERVE_HOST": "0"}, func(c *Config) { c.Proxy.PreserveHost = false }},
 		{"duration", map[string]string{"WELDR_PROXY_CONNECT_TIMEOUT": "1m30s"}, func(c *Config) { c.Proxy.ConnectTimeout = Duration(90 * time.Second) }},
+		{"limits", map[string]string{
+			"WELDR_PROXY_MAX_REQUEST_LINE": "16384",
+			"WELDR_PROXY_MAX_CONNECTIONS":  "0",
+			"WELDR_PROXY_MAX_BODY_BYTES":   "10737418240", // 10 GiB: past int32
+		}, func(c *Config) {
+			c.Proxy.MaxRequestLine = 16384
+			c.Proxy.MaxConnections = 0
+			c.Proxy.MaxBodyBytes = 10 << 30
+		}},
+		{"open admin", map[string]string{"WELDR_ADMIN_LISTEN": ":8687", "WELDR_ADMIN_INSECURE": "true"}, func(c *Config) {
+			c.Admin.Listen = ":8687"
+			c.Admin.Insecure = true
+		}},
 		{"several", map[string]string{
 			"WELDR_ADMIN_TOKEN":        "s3cret",
 			"WELDR_LIFECYCLE_PID_FILE": "/run/weldr/weldr.pid",
@@ -436,6 +473,9 @@ func TestConfigEnvInvalid(t *testing.T) {
 		{"int", map[string]string{"WELDR_PROXY_WORKERS": "x"}, []string{`WELDR_PROXY_WORKERS (proxy.workers): invalid integer "x"`}},
 		{"empty int", map[string]string{"WELDR_HEALTH_FALL": ""}, []string{`WELDR_HEALTH_FALL (health.fall): invalid integer ""`}},
 		{"bool", map[string]string{"WELDR_LOG_ACCESS_LOG": "yes"}, []string{`WELDR_LOG_ACCESS_LOG (log.access_log): invalid boolean "yes"`}},
+		{"int64", map[string]string{"WELDR_PROXY_MAX_BODY_BYTES": "1MB"}, []string{`WELDR_PROXY_MAX_BODY_BYTES (proxy.max_body_bytes): invalid integer "1MB"`}},
+		{"int64 negative", map[string]string{"WELDR_PROXY_MAX_BODY_BYTES": "-1"}, []string{"proxy.max_body_bytes: must not be negative"}},
+		{"open admin", map[string]string{"WELDR_ADMIN_LISTEN": "[::]:8687"}, []string{"admin.token: required when admin.listen ([::]:8687) is not a loopback address"}},
 		{"duration", map[string]string{"WELDR_LIFECYCLE_DRAIN_TIMEOUT": "30"}, []string{`WELDR_LIFECYCLE_DRAIN_TIMEOUT (lifecycle.drain_timeout): invalid duration "30"`}},
 		{"invalid value", map[string]string{"WELDR_LOG_FORMAT": "xml"}, []string{`log.format: unknown format "xml"`}},
 		{"several", map[string]string{"WELDR_PROXY_WORKERS": "x", "WELDR_PROXY_BALANCE": "fastest"}, []string{
@@ -479,6 +519,88 @@ func TestConfigListen(t *testing.T) {
 			c.Proxy.Listen = addr
 			if err := c.Validate(); err != nil {
 				t.Errorf("Validate() with proxy.listen %q = %v, want nil", addr, err)
+			}
+		})
+	}
+}
+
+// TestConfigAdminLoopback checks the rule that keeps the admin API from being
+// open to the network by mistake: without a token, admin.listen must be on
+// loopback unless admin.insecure is set.
+func TestConfigAdminLoopback(t *testing.T) {
+	const msg = "admin.token: required when admin.listen (%s) is not a loopback address; " +
+		"set one (or WELDR_ADMIN_TOKEN), or set admin.insecure = true to accept an unauthenticated admin API"
+	loopback := []string{
+		"127.0.0.1:8687", "127.0.0.1:0", "127.1.2.3:8687", "127.255.255.255:1", "[::1]:8687",
+		"[::ffff:127.0.0.1]:8687", "localhost:8687", "LOCALHOST:8687",
+	}
+	open := []string{
+		":8687", "0.0.0.0:8687", "[::]:8687", "10.0.0.5:8687", "192.168.1.1:80", "128.0.0.1:8687",
+		"[::2]:8687", "[fe80::1%eth0]:8687", "[::ffff:10.0.0.1]:8687", "example.com:8687",
+		"localhost.example.com:8687", "local:8687",
+	}
+	type tc struct {
+		name, listen, token string
+		insecure            bool
+		want                string // "" for valid
+	}
+	var tests []tc
+	for _, l := range loopback {
+		tests = append(tests, tc{"loopback " + l, l, "", false, ""})
+	}
+	for _, l := range open {
+		tests = append(tests,
+			tc{"no token " + l, l, "", false, fmt.Sprintf(msg, l)},
+			tc{"token " + l, l, "s3cret", false, ""},
+			tc{"insecure " + l, l, "", true, ""},
+		)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.Admin = AdminConfig{Listen: tc.listen, Token: tc.token, Insecure: tc.insecure}
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tc.want != "" && (err == nil || err.Error() != tc.want):
+				t.Errorf("Validate() = %v, want %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestConfigAdminLoopbackLoad checks the rule end to end: the file, the
+// environment, and an invalid listen address, which is reported once.
+func TestConfigAdminLoopbackLoad(t *testing.T) {
+	tests := []struct {
+		name string
+		toml string
+		env  map[string]string
+		want string // "" for valid
+	}{
+		{"file open", "[admin]\nlisten = \"0.0.0.0:8687\"\n", nil, "admin.token: required when admin.listen (0.0.0.0:8687)"},
+		{"file token", "[admin]\nlisten = \"0.0.0.0:8687\"\ntoken = \"s3cret\"\n", nil, ""},
+		{"env token", "[admin]\nlisten = \"0.0.0.0:8687\"\n", map[string]string{"WELDR_ADMIN_TOKEN": "s3cret"}, ""},
+		{"env insecure", "[admin]\nlisten = \"0.0.0.0:8687\"\n", map[string]string{"WELDR_ADMIN_INSECURE": "1"}, ""},
+		{"env listen", "", map[string]string{"WELDR_ADMIN_LISTEN": "0.0.0.0:8687"}, "admin.token: required when admin.listen (0.0.0.0:8687)"},
+		{"env empties token", "[admin]\nlisten = \"0.0.0.0:8687\"\ntoken = \"s3cret\"\n", map[string]string{"WELDR_ADMIN_TOKEN": ""}, "admin.token: required"},
+		{"bad listen", "[admin]\nlisten = \"0.0.0.0\"\n", nil, "admin.listen: "},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Decode([]byte(tc.toml), envMap(tc.env))
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("Decode() error = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+				t.Errorf("Decode() = %+v, %v, want an error starting %q", c, err, tc.want)
+			}
+			if errs := joined(err); len(errs) != 1 {
+				t.Errorf("Decode() = %q, want exactly one error", err)
 			}
 		})
 	}
@@ -636,6 +758,11 @@ func FuzzDecode(f *testing.F) {
 		"[proxy]\nworkers = \"x\"\n",
 		"servers = []\n",
 		"[log]\nlevel = 'debug'\nformat = 'json'\naccess_log = true\n",
+		"[proxy]\nmax_request_line = 256\nmax_connections = 0\nmax_body_bytes = 9223372036854775807\n",
+		"[proxy]\nmax_body_bytes = -1\nmax_request_line = 1048577\n",
+		"[admin]\nlisten = \"[::]:8687\"\ninsecure = true\n",
+		"[admin]\nlisten = \"0.0.0.0:8687\"\ntoken = \"s3cret\"\n",
+		"[admin]\nlisten = \"10.0.0.1:1\"\n",
 	} {
 		f.Add([]byte(s))
 	}

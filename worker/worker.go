@@ -260,11 +260,16 @@ func frontendSettings(set *ipc.Settings) ipcSettings {
 		readHeaderTimeout:     or(set.ReadHeaderTimeout, 10*time.Second),
 		idleTimeout:           or(set.IdleTimeout, 60*time.Second),
 		maxHeaderBytes:        set.MaxHeaderBytes,
-		maxRequestLine:        8192,
+		maxRequestLine:        set.MaxRequestLine,
+		maxConns:              set.MaxConnections,
+		maxBody:               set.MaxBodyBytes,
 		preserveHost:          set.PreserveHost,
 	}
 	if fs.maxHeaderBytes <= 0 {
 		fs.maxHeaderBytes = 64 << 10
+	}
+	if fs.maxRequestLine <= 0 {
+		fs.maxRequestLine = 8192
 	}
 	return fs
 }
