@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bodies pass through weldr re-framed by weldr: a chunked body is decoded
@@ -44,10 +47,15 @@ func copyFixed(bw *bufio.Writer, dstConn net.Conn, br *bufio.Reader, srcConn net
 				}
 				k, err := io.CopyN(dstConn, srcConn, rest) // TCPConn.ReadFrom: splice(2)
 				done += k
-				if err != nil {
-					return done, classify(err, k < rest)
+				if err == nil {
+					return done, nil
 				}
-				return done, nil
+				// A failed splice does not say which side broke: ask the
+				// source.
+				if err == io.EOF || !socketOpen(srcConn) {
+					return done, &srcError{err}
+				}
+				return done, err
 			}
 			// About to wait for the sender: pass on what is buffered first,
 			// so a slow body streams instead of arriving all at the end.
@@ -74,6 +82,32 @@ func copyFixed(bw *bufio.Writer, dstConn net.Conn, br *bufio.Reader, srcConn net
 }
 
 func isTCP(c net.Conn) bool { _, ok := c.(*net.TCPConn); return ok }
+
+// socketOpen reports whether c is still open for reading: a non-blocking
+// peek finds data or nothing yet, rather than EOF or an error.
+func socketOpen(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	return peekOpen(raw, true)
+}
+
+// peekOpen peeks at raw without blocking. Pending data counts as open only
+// if dataOK: on an idle pooled connection, stray bytes make it unusable.
+func peekOpen(raw syscall.RawConn, dataOK bool) bool {
+	open := false
+	var one [1]byte
+	raw.Control(func(fd uintptr) {
+		n, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		open = err == unix.EAGAIN || (dataOK && err == nil && n > 0)
+	})
+	return open
+}
 
 // classify attributes a copy error: a short read means the sender failed.
 func classify(err error, short bool) error {

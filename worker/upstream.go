@@ -8,8 +8,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // upstreams dials backends and keeps their idle connections for reuse by
@@ -139,13 +137,7 @@ func (uc *upConn) open() bool {
 	if uc.raw == nil {
 		return true // TLS: found out on use
 	}
-	ok := false
-	var one [1]byte
-	uc.raw.Control(func(fd uintptr) {
-		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		ok = err == unix.EAGAIN
-	})
-	return ok
+	return peekOpen(uc.raw, false)
 }
 
 // closeAll closes the idle connections of every server the worker knows.
