@@ -124,6 +124,8 @@ type Settings struct {
 	// MaxBodyBytes bounds a request body. If zero, there is no bound.
 	MaxBodyBytes int64 `msgpack:"mbb,omitempty"`
 	PreserveHost bool  `msgpack:"ph,omitempty"`
+	// Procs is the worker's GOMAXPROCS. If zero, the runtime's default.
+	Procs int `msgpack:"procs,omitempty"`
 	// DrainTimeout bounds the drain when the worker stops without a Drain
 	// message (its manager went away, or it got SIGTERM).
 	DrainTimeout time.Duration `msgpack:"dt,omitempty"`

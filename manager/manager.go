@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -97,6 +98,7 @@ func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) 
 			PreserveHost:          cfg.Proxy.PreserveHost,
 			DrainTimeout:          time.Duration(cfg.Lifecycle.DrainTimeout),
 			StatsInterval:         time.Second,
+			Procs:                 procsPerWorker(cfg.WorkerCount()),
 			LogLevel:              cfg.Log.Level,
 			LogFormat:             cfg.Log.Format,
 			AccessLog:             cfg.Log.AccessLog,
@@ -324,4 +326,12 @@ func (m *Manager) drainWorkers(supervisors *sync.WaitGroup) {
 	}
 	m.mu.Unlock()
 	<-done
+}
+
+// procsPerWorker shares the CPUs this process may use among the workers:
+// with as many workers as CPUs each gets one, like nginx's single-threaded
+// workers, which spares the Go scheduler's hand-offs between threads.
+func procsPerWorker(workers int) int {
+	cpus := runtime.GOMAXPROCS(0)
+	return max(1, (cpus+workers-1)/workers)
 }

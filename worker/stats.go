@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +124,7 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var acked uint64
+	quiet := 1 // report intervals without a request (none yet: nothing to free)
 	for {
 		select {
 		case <-ctx.Done():
@@ -135,17 +137,32 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 				acked = v
 			}
 		case <-t.C:
-			if err := w.report(conn); err != nil {
+			busy, err := w.reportBusy(conn)
+			if err != nil {
 				return err
+			}
+			if quiet = quiet + 1; busy {
+				quiet = 0
+			}
+			if quiet == 1 {
+				// The first quiet interval after traffic: give the heap the
+				// load grew back to the system now rather than over minutes.
+				debug.FreeOSMemory()
 			}
 		}
 	}
 }
 
 func (w *worker) report(conn *ipc.Conn) error {
+	_, err := w.reportBusy(conn)
+	return err
+}
+
+// reportBusy sends the deltas, if any, and reports whether there were.
+func (w *worker) reportBusy(conn *ipc.Conn) (bool, error) {
 	st := w.stats.take(w.snap.Load())
 	if st == nil {
-		return nil
+		return false, nil
 	}
-	return conn.Send(&ipc.Message{Kind: ipc.ReportStats, Stats: st})
+	return true, conn.Send(&ipc.Message{Kind: ipc.ReportStats, Stats: st})
 }

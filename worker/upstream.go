@@ -25,6 +25,12 @@ const (
 	upIdleTimeout     = 50 * time.Second
 )
 
+// freshIdle is how long a connection may have been idle and still be
+// reused without checking it first (a system call): a server rarely closes
+// a connection that soon without saying so, and a bodyless request that
+// meets one is retried on a new connection anyway.
+const freshIdle = time.Second
+
 func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration) {
 	u.dialer = net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	u.responseHeaderTimeout = responseHeaderTimeout
@@ -67,7 +73,7 @@ func (u *upstreams) get(b *backend) (*upConn, error) {
 		b.pool.idle[n-1] = nil
 		b.pool.idle = b.pool.idle[:n-1]
 		b.pool.mu.Unlock()
-		if now.Sub(uc.idleAt) < upIdleTimeout && uc.open() {
+		if idle := now.Sub(uc.idleAt); idle < upIdleTimeout && (idle < freshIdle || uc.open()) {
 			uc.reused = true
 			return uc, nil
 		}

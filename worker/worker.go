@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,9 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		return fmt.Errorf("first message is %s, want Snapshot", m.Kind)
 	}
 	set := *m.Settings
+	if set.Procs > 0 {
+		runtime.GOMAXPROCS(set.Procs)
+	}
 	w := &worker{
 		log:         newLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
 		byID:        make(map[string]*backend),

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/weldr-proxy/weldr/manager"
@@ -77,6 +78,15 @@ func runWorker() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// WELDR_WORKER_CPUPROFILE=path writes each worker's CPU profile to
+	// path.<pid> until it exits: for the performance work, see
+	// docs/BENCHMARKS.md.
+	if path := os.Getenv("WELDR_WORKER_CPUPROFILE"); path != "" {
+		if f, err := os.Create(fmt.Sprintf("%s.%d", path, os.Getpid())); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	ln, err := net.FileListener(os.NewFile(3, "listener"))
 	if err != nil {
 		log.Error("worker: opening the proxy listener (fd 3)", "error", err)
