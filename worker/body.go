@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -70,13 +69,42 @@ func copyFixed(bw *bufio.Writer, dstConn net.Conn, br *bufio.Reader, srcConn net
 				return done, classify(err, true)
 			}
 		}
-		k := min(int64(br.Buffered()), n-done)
-		p, _ := br.Peek(int(k))
-		if _, err := bw.Write(p); err != nil {
+		k, err := moveBuffered(bw, br, n-done)
+		done += k
+		if err != nil {
 			return done, err
 		}
-		br.Discard(int(k))
+	}
+	return done, nil
+}
+
+// moveBuffered moves up to n of the bytes buffered in br to bw, without
+// reading from br's connection.
+func moveBuffered(bw *bufio.Writer, br *bufio.Reader, n int64) (int64, error) {
+	k := min(int64(br.Buffered()), n)
+	p, _ := br.Peek(int(k))
+	if _, err := bw.Write(p); err != nil {
+		return 0, err
+	}
+	br.Discard(int(k))
+	return k, nil
+}
+
+// copyBuffered copies n bytes from br to bw through br's buffer, waiting
+// for the sender as needed; it allocates nothing.
+func copyBuffered(bw *bufio.Writer, br *bufio.Reader, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		if br.Buffered() == 0 {
+			if _, err := br.Peek(1); err != nil {
+				return done, classify(err, true)
+			}
+		}
+		k, err := moveBuffered(bw, br, n-done)
 		done += k
+		if err != nil {
+			return done, err
+		}
 	}
 	return done, nil
 }
@@ -138,7 +166,6 @@ func classify(err error, short bool) error {
 // positive, bounds it.
 func copyChunked(bw *bufio.Writer, br *bufio.Reader, rechunk, flush bool, maxLine int, limit int64) (int64, error) {
 	var total int64
-	var hex [20]byte
 	for {
 		line, _, err := readLine(br, maxLine)
 		if err != nil {
@@ -158,13 +185,12 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, rechunk, flush bool, maxLin
 			return total, errBodyTooLarge
 		}
 		if rechunk {
-			bw.Write(strconv.AppendInt(hex[:0], size, 16))
-			bw.WriteString("\r\n")
+			writeChunkSize(bw, size)
 		}
-		k, err := io.CopyN(bw, br, size)
+		k, err := copyBuffered(bw, br, size)
 		total += k
 		if err != nil {
-			return total, classify(err, k < size)
+			return total, err
 		}
 		if err := expectCRLF(br); err != nil {
 			return total, &srcError{err}
@@ -209,14 +235,12 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, rechunk, flush bool, maxLin
 // chunk-encoding it if asked.
 func copyUntilClose(bw *bufio.Writer, br *bufio.Reader, rechunk bool) (int64, error) {
 	var total int64
-	var hex [20]byte
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := br.Read(buf)
 		if n > 0 {
 			if rechunk {
-				bw.Write(strconv.AppendInt(hex[:0], int64(n), 16))
-				bw.WriteString("\r\n")
+				writeChunkSize(bw, int64(n))
 			}
 			if _, werr := bw.Write(buf[:n]); werr != nil {
 				return total, werr
@@ -239,6 +263,19 @@ func copyUntilClose(bw *bufio.Writer, br *bufio.Reader, rechunk bool) (int64, er
 			return total, &srcError{err}
 		}
 	}
+}
+
+// writeChunkSize writes a chunk-size line in hex.
+func writeChunkSize(bw *bufio.Writer, n int64) {
+	const digits = "0123456789abcdef"
+	shift := 60
+	for shift > 0 && n>>shift == 0 {
+		shift -= 4
+	}
+	for ; shift >= 0; shift -= 4 {
+		bw.WriteByte(digits[n>>shift&0xf])
+	}
+	bw.WriteString("\r\n")
 }
 
 // parseChunkSize parses "1*HEXDIG [ BWS ; chunk-ext ]" (RFC 9112 §7.1).

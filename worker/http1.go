@@ -69,6 +69,8 @@ var (
 	errHeaderTooLarge = &parseError{http.StatusRequestHeaderFieldsTooLarge, "request header fields too large"}
 	errLineTooLong    = &parseError{http.StatusRequestURITooLong, "request line too long"}
 	errVersion        = &parseError{http.StatusHTTPVersionNotSupported, "HTTP version not supported"}
+
+	errResponseTooLarge = &parseError{http.StatusBadGateway, "response head too large"}
 )
 
 // maxHeaderLines bounds the number of field lines in a head.
@@ -178,6 +180,9 @@ func (m *message) parseRequestLine(line []byte) error {
 			return badRequest("invalid request target")
 		}
 	}
+	if !validTarget(target, method) {
+		return badRequest("invalid request target")
+	}
 	switch {
 	case bytes.Equal(version, http11):
 		m.minor = 1
@@ -242,7 +247,7 @@ func (m *message) parseStatusLine(line []byte) error {
 func (m *message) readHeaders(br *bufio.Reader, maxBytes int, request bool) error {
 	tooLarge := errHeaderTooLarge
 	if !request {
-		tooLarge = &parseError{http.StatusBadGateway, "response head too large"}
+		tooLarge = errResponseTooLarge
 	}
 	for {
 		line, n, err := readLine(br, maxBytes)
@@ -538,4 +543,97 @@ func hasTokenBytes(v []byte, token string) bool {
 		}
 	})
 	return found
+}
+
+// validTarget checks a request target (RFC 9112 §3.2): origin-form,
+// absolute-form with an http or https authority, or "*" for OPTIONS. weldr
+// is no forward proxy, so authority-form (CONNECT) is refused. Fragments and
+// broken percent-escapes are refused; other characters real clients send
+// unescaped ({, |, ...) pass as they are.
+func validTarget(t, method []byte) bool {
+	switch {
+	case t[0] == '/':
+	case len(t) == 1 && t[0] == '*':
+		return string(method) == "OPTIONS"
+	case len(t) > 7 && equalFold(t[:7], "http://"):
+		if !validAuthority(t[7:]) {
+			return false
+		}
+	case len(t) > 8 && equalFold(t[:8], "https://"):
+		if !validAuthority(t[8:]) {
+			return false
+		}
+	default:
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		switch t[i] {
+		case '#':
+			return false
+		case '%':
+			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validAuthority checks the host[:port] that starts rest, up to the path or
+// query: a registered name or IPv4 address, or an IPv6 address in brackets,
+// and an optional numeric port. No userinfo.
+func validAuthority(rest []byte) bool {
+	end := len(rest)
+	for i, c := range rest {
+		if c == '/' || c == '?' {
+			end = i
+			break
+		}
+	}
+	a := rest[:end]
+	if len(a) == 0 {
+		return false
+	}
+	var port []byte
+	if a[0] == '[' {
+		i := bytes.IndexByte(a, ']')
+		if i < 2 {
+			return false
+		}
+		for _, c := range a[1:i] {
+			if !isHex(c) && c != ':' && c != '.' {
+				return false
+			}
+		}
+		a = a[i+1:]
+		if len(a) > 0 {
+			if a[0] != ':' {
+				return false
+			}
+			port = a[1:]
+		}
+	} else {
+		host := a
+		if i := bytes.LastIndexByte(a, ':'); i >= 0 {
+			host, port = a[:i], a[i+1:]
+		}
+		if len(host) == 0 {
+			return false
+		}
+		for _, c := range host {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' || c == '~') {
+				return false
+			}
+		}
+	}
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(port) <= 5
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
