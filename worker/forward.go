@@ -66,7 +66,7 @@ func (cc *clientConn) forward() bool {
 	var err error
 	for tries := 1; ; tries++ {
 		b.inflight.Add(1)
-		up, err = f.up.get(b)
+		up, err = f.up.get(b, !hasBody)
 		if err == nil {
 			break
 		}

@@ -292,6 +292,11 @@ func (m *message) requestFraming() error {
 	var te, cl int
 	hosts := 0
 	for _, h := range m.headers {
+		if bytes.IndexByte(h.name, '_') >= 0 && isFramingAlias(h.name) {
+			// Transfer_Encoding and the like: a gateway that maps "_" to
+			// "-" (CGI does) would read a different message than weldr.
+			return badRequest("underscore in a framing header name")
+		}
 		switch {
 		case equalFold(h.name, "Content-Length"):
 			n, ok := parseLength(h.value)
@@ -311,6 +316,9 @@ func (m *message) requestFraming() error {
 		case equalFold(h.name, "Host"):
 			hosts++
 			m.host = h.value
+			if len(h.value) > 0 && !validAuthority(h.value) || bytes.IndexByte(h.value, '/') >= 0 || bytes.IndexByte(h.value, '?') >= 0 {
+				return badRequest("invalid Host header") // RFC 9112 §3.2: one host[:port]
+			}
 		case equalFold(h.name, "Connection"):
 			m.scanConnection(h.value)
 		case equalFold(h.name, "Upgrade"):
@@ -636,4 +644,23 @@ func validAuthority(rest []byte) bool {
 
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// isFramingAlias reports whether name, with "_" read as "-", names a header
+// that frames or routes a request.
+func isFramingAlias(name []byte) bool {
+	var buf [32]byte
+	if len(name) > len(buf) {
+		return false
+	}
+	n := buf[:len(name)]
+	for i, c := range name {
+		if c == '_' {
+			c = '-'
+		}
+		n[i] = c
+	}
+	return equalFold(n, "Transfer-Encoding") || equalFold(n, "Content-Length") ||
+		equalFold(n, "Host") || equalFold(n, "Connection") || equalFold(n, "Upgrade") ||
+		equalFold(n, "Expect") || equalFold(n, "TE") || equalFold(n, "Trailer")
 }

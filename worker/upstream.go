@@ -26,9 +26,9 @@ const (
 )
 
 // freshIdle is how long a connection may have been idle and still be
-// reused without checking it first (a system call): a server rarely closes
-// a connection that soon without saying so, and a bodyless request that
-// meets one is retried on a new connection anyway.
+// reused for a bodyless request without checking it first (a system call):
+// a server rarely closes a connection that soon without saying so, and a
+// bodyless request that meets one is retried on a new connection anyway.
 const freshIdle = time.Second
 
 func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration) {
@@ -60,7 +60,9 @@ type connPool struct {
 }
 
 // get returns an idle connection to b that still looks open, or dials one.
-func (u *upstreams) get(b *backend) (*upConn, error) {
+// A connection idle for less than freshIdle is checked only when the
+// request cannot be sent again (replayable false: it has a body).
+func (u *upstreams) get(b *backend, replayable bool) (*upConn, error) {
 	now := time.Now()
 	for {
 		b.pool.mu.Lock()
@@ -73,7 +75,7 @@ func (u *upstreams) get(b *backend) (*upConn, error) {
 		b.pool.idle[n-1] = nil
 		b.pool.idle = b.pool.idle[:n-1]
 		b.pool.mu.Unlock()
-		if idle := now.Sub(uc.idleAt); idle < upIdleTimeout && (idle < freshIdle || uc.open()) {
+		if idle := now.Sub(uc.idleAt); idle < upIdleTimeout && (replayable && idle < freshIdle || uc.open()) {
 			uc.reused = true
 			return uc, nil
 		}
