@@ -46,8 +46,6 @@ func testBadResponses(t *testing.T, w *weldr, cases []badResponse) {
 	}
 }
 
-const bigHead = "net/http's client accepts response heads up to 10 MB"
-
 // RFC 9112 §4, §5, §6.3: a response whose status line, fields or framing
 // are invalid or ambiguous is replaced by 502, never passed on.
 func TestBadResponse(t *testing.T) {
