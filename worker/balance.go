@@ -2,7 +2,6 @@ package worker
 
 import (
 	"math/rand/v2"
-	"slices"
 	"sort"
 	"sync/atomic"
 
@@ -55,14 +54,17 @@ type snapshot struct {
 	stride int
 }
 
-func newSnapshot(all []*backend, down map[string]bool) *snapshot {
-	s := &snapshot{all: slices.Clone(all)}
+// newSnapshot builds a snapshot of all, which it keeps: the caller must
+// never write to all's elements again (it may append beyond them). The
+// weighted round robin table is built only when weighted.
+func newSnapshot(all []*backend, down map[string]bool, weighted bool) *snapshot {
+	s := &snapshot{all: all[:len(all):len(all)], up: make([]*backend, 0, len(all)-len(down))}
 	for _, b := range all {
 		if !down[b.id] {
 			s.up = append(s.up, b)
 		}
 	}
-	if len(s.up) > 0 {
+	if weighted && len(s.up) > 0 {
 		s.cum = make([]int, len(s.up))
 		for i, b := range s.up {
 			s.total += b.weight

@@ -41,7 +41,7 @@ func TestPickOnlyUpServers(t *testing.T) {
 	for _, policy := range policies {
 		t.Run(policy, func(t *testing.T) {
 			bs := backends(1, 2, 3, 4, 5)
-			s := newSnapshot(bs, downSet(bs, 1, 3))
+			s := newSnapshot(bs, downSet(bs, 1, 3), true)
 			bl := &balancer{policy: policy}
 			seen := map[string]int{}
 			for i := 0; i < 300; i++ {
@@ -66,8 +66,8 @@ func TestPickNone(t *testing.T) {
 		name string
 		snap *snapshot
 	}{
-		{"empty pool", newSnapshot(nil, nil)},
-		{"all down", newSnapshot(bs, downSet(bs, 0, 1))},
+		{"empty pool", newSnapshot(nil, nil, true)},
+		{"all down", newSnapshot(bs, downSet(bs, 0, 1), true)},
 	}
 	for _, policy := range policies {
 		for _, tc := range tests {
@@ -85,7 +85,7 @@ func TestPickSingle(t *testing.T) {
 	for _, policy := range policies {
 		t.Run(policy, func(t *testing.T) {
 			bs := backends(3, 1)
-			s := newSnapshot(bs, downSet(bs, 1))
+			s := newSnapshot(bs, downSet(bs, 1), true)
 			bl := &balancer{policy: policy}
 			for i := 0; i < 10; i++ {
 				if b := bl.pick(s); b != bs[0] {
@@ -98,7 +98,7 @@ func TestPickSingle(t *testing.T) {
 
 func TestZeroBalancerIsRoundRobin(t *testing.T) {
 	bs := backends(1, 1, 1)
-	s := newSnapshot(bs, nil)
+	s := newSnapshot(bs, nil, true)
 	var bl balancer
 	for i := 0; i < 9; i++ {
 		if got, want := bl.pick(s), bs[i%3]; got != want {
@@ -120,7 +120,7 @@ func TestRoundRobinOrder(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			bs := backends(1, 5, 1, 1) // weights do not matter to round robin
-			s := newSnapshot(bs, downSet(bs, tc.down...))
+			s := newSnapshot(bs, downSet(bs, tc.down...), true)
 			bl := &balancer{policy: RoundRobin}
 			for i := 0; i < 5*len(tc.want); i++ {
 				if got, want := bl.pick(s), bs[tc.want[i%len(tc.want)]]; got != want {
@@ -152,7 +152,7 @@ func TestWeightedRoundRobin(t *testing.T) {
 		t.Run(fmt.Sprintf("%v down %v", tc.weights, tc.down), func(t *testing.T) {
 			bs := backends(tc.weights...)
 			down := downSet(bs, tc.down...)
-			s := newSnapshot(bs, down)
+			s := newSnapshot(bs, down, true)
 			want := map[*backend]int{}
 			total, heaviest := 0, 0
 			for _, b := range bs {
@@ -210,7 +210,7 @@ func TestWeightedRoundRobin(t *testing.T) {
 
 func TestWeightedRoundRobinEqualWeightsAlternate(t *testing.T) {
 	bs := backends(1, 1, 1)
-	s := newSnapshot(bs, nil)
+	s := newSnapshot(bs, nil, true)
 	bl := &balancer{policy: WeightedRoundRobin}
 	prev := bl.pick(s)
 	for i := 1; i < 30; i++ {
@@ -242,7 +242,7 @@ func TestLeastConn(t *testing.T) {
 			for i, n := range tc.inflight {
 				bs[i].inflight.Store(n)
 			}
-			s := newSnapshot(bs, downSet(bs, tc.down...))
+			s := newSnapshot(bs, downSet(bs, tc.down...), true)
 			bl := &balancer{policy: LeastConn}
 			const picks = 120
 			got := map[string]int{}
@@ -265,7 +265,7 @@ func TestLeastConn(t *testing.T) {
 
 func TestLeastConnFollowsLoad(t *testing.T) {
 	bs := backends(1, 1, 1)
-	s := newSnapshot(bs, nil)
+	s := newSnapshot(bs, nil, true)
 	bl := &balancer{policy: LeastConn}
 	// Each pick takes a connection and keeps it: the picks must fill the
 	// servers evenly, never two ahead of another.
@@ -286,7 +286,7 @@ func TestRandomTwo(t *testing.T) {
 	t.Run("prefers the less loaded of two", func(t *testing.T) {
 		bs := backends(1, 1)
 		bs[1].inflight.Store(10)
-		s := newSnapshot(bs, nil)
+		s := newSnapshot(bs, nil, true)
 		bl := &balancer{policy: RandomTwo}
 		got := map[string]int{}
 		for i := 0; i < 1000; i++ {
@@ -300,7 +300,7 @@ func TestRandomTwo(t *testing.T) {
 	t.Run("a busy server is picked rarely", func(t *testing.T) {
 		bs := backends(make([]int, 10)...)
 		bs[7].inflight.Store(1)
-		s := newSnapshot(bs, nil)
+		s := newSnapshot(bs, nil, true)
 		bl := &balancer{policy: RandomTwo}
 		busy := 0
 		const picks = 10000
@@ -317,7 +317,7 @@ func TestRandomTwo(t *testing.T) {
 	})
 	t.Run("spreads over equal servers", func(t *testing.T) {
 		bs := backends(1, 1, 1, 1)
-		s := newSnapshot(bs, downSet(bs, 2))
+		s := newSnapshot(bs, downSet(bs, 2), true)
 		bl := &balancer{policy: RandomTwo}
 		got := map[string]int{}
 		for i := 0; i < 3000; i++ {
@@ -349,7 +349,7 @@ func TestSnapshotAfter(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			bs := backends(make([]int, tc.n)...)
-			s := newSnapshot(bs, downSet(bs, tc.down...))
+			s := newSnapshot(bs, downSet(bs, tc.down...), true)
 			for _, start := range s.up {
 				if len(s.up) == 1 {
 					if b := s.after(start); b != nil {
@@ -374,13 +374,13 @@ func TestSnapshotAfter(t *testing.T) {
 	}
 	t.Run("empty", func(t *testing.T) {
 		bs := backends(1)
-		if b := newSnapshot(nil, nil).after(bs[0]); b != nil {
+		if b := newSnapshot(nil, nil, true).after(bs[0]); b != nil {
 			t.Errorf("after() on an empty snapshot = %s, want <nil>", name(b))
 		}
 	})
 	t.Run("server not up", func(t *testing.T) {
 		bs := backends(1, 1, 1)
-		s := newSnapshot(bs, downSet(bs, 0))
+		s := newSnapshot(bs, downSet(bs, 0), true)
 		if b := s.after(bs[0]); b != bs[1] {
 			t.Errorf("after(down s0) = %s, want s1", name(b))
 		}
@@ -397,12 +397,18 @@ func upIndex(s *snapshot, b *backend) int {
 	return -1
 }
 
-func TestNewSnapshotCopiesServers(t *testing.T) {
-	bs := backends(1, 1)
-	s := newSnapshot(bs, nil)
-	bs[0] = nil
-	if s.all[0] == nil || s.up[0] == nil {
-		t.Errorf("newSnapshot() shares the caller's slice: changing it changed the snapshot")
+func TestSnapshotKeepsItsServers(t *testing.T) {
+	// newSnapshot shares the caller's array, which the worker only ever
+	// appends to (writes replace the array): an append must not show.
+	bs := make([]*backend, 1, 4)
+	copy(bs, backends(1, 1))
+	s := newSnapshot(bs, nil, false)
+	_ = append(bs, backends(1, 1)...) // writes into the shared array, past the snapshot's end
+	if len(s.all) != 1 || len(s.up) != 1 {
+		t.Errorf("after an append to the caller's slice the snapshot has %d servers (%d up), want 1 (1)", len(s.all), len(s.up))
+	}
+	if cap(s.all) != 1 {
+		t.Errorf("snapshot.all has capacity %d, want 1: an append through it would write into the caller's array", cap(s.all))
 	}
 }
 
@@ -423,7 +429,7 @@ func BenchmarkPick(b *testing.B) {
 						bk.inflight.Store(1)
 					}
 				}
-				s := newSnapshot(bs, downSet(bs, 3))
+				s := newSnapshot(bs, downSet(bs, 3), true)
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {

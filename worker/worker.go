@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,7 @@ type worker struct {
 	log         *slog.Logger
 
 	// The pool as the manager described it; only poolUpdates touches these.
+	version uint64 // of the changes applied to servers and down
 	servers []*backend
 	byID    map[string]*backend
 	down    map[string]bool
@@ -148,9 +150,10 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 		if m.Kind == ipc.Drain {
 			return drainRequest{timeout: m.DrainTimeout}
 		}
-		w.apply(&m)
+		w.change(&m)
 		if !c.Buffered() {
-			// Caught up: acknowledge, once for the whole batch.
+			// Caught up: publish and acknowledge, once for the whole batch.
+			w.publish()
 			select {
 			case w.appliedNote <- struct{}{}:
 			default:
@@ -161,10 +164,23 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 
 // apply changes the pool as m says and publishes a new snapshot.
 func (w *worker) apply(m *ipc.Message) {
+	w.change(m)
+	w.publish()
+}
+
+// publish makes the pool as it stands what requests route by.
+func (w *worker) publish() {
+	w.snap.Store(newSnapshot(w.servers, w.down, w.balancer.policy == WeightedRoundRobin))
+	w.applied.Store(w.version)
+}
+
+// change applies m to the pool without publishing it: a batch of changes
+// is published once.
+func (w *worker) change(m *ipc.Message) {
 	switch m.Kind {
 	case ipc.Snapshot:
 		keep := make(map[string]bool, len(m.Servers))
-		w.servers = w.servers[:0]
+		w.servers = nil // a new array: published snapshots keep the old one
 		clear(w.down)
 		for _, s := range m.Servers {
 			keep[s.ID] = true
@@ -183,6 +199,7 @@ func (w *worker) apply(m *ipc.Message) {
 		s := m.Servers[0]
 		b := w.upsert(s)
 		if i := w.index(s.ID); i >= 0 {
+			w.servers = slices.Clone(w.servers) // published snapshots hold the old one
 			w.servers[i] = b
 		} else {
 			w.servers = append(w.servers, b)
@@ -209,8 +226,7 @@ func (w *worker) apply(m *ipc.Message) {
 		w.log.Warn("ignoring unexpected message", "kind", m.Kind)
 		return
 	}
-	w.snap.Store(newSnapshot(w.servers, w.down))
-	w.applied.Store(m.Version)
+	w.version = m.Version
 }
 
 // upsert returns the backend for s, reusing the existing one when nothing
@@ -228,8 +244,12 @@ func (w *worker) upsert(s ipc.Server) *backend {
 }
 
 func (w *worker) index(id string) int {
-	for i, b := range w.servers {
-		if b.id == id {
+	b := w.byID[id]
+	if b == nil {
+		return -1
+	}
+	for i, s := range w.servers {
+		if s == b {
 			return i
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,11 +43,12 @@ func main() {
 	settle := flag.Duration("settle", 10*time.Second, "time to let weldr settle before measuring")
 	measure := flag.Duration("measure", 30*time.Second, "measurement window")
 	workers := flag.Int("workers", 2, "weldr workers")
+	churn := flag.Int("churn", 0, "admin mutations per second to measure (0: the health checker only)")
 	flag.Parse()
 	if *weldr == "" {
 		log.Fatal("-weldr is required")
 	}
-	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure); err != nil {
+	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure, *churn); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -59,7 +61,7 @@ type originProc struct {
 	ready  chan struct{}
 }
 
-func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration) error {
+func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration, churn int) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -71,7 +73,12 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 			p.cmd.Wait()
 		}
 	}()
-	for left := servers; left > 0; left -= perProc {
+	// With churn, 100 more origins are registered and removed at run time.
+	extra := 0
+	if churn > 0 {
+		extra = 100
+	}
+	for left := servers + extra; left > 0; left -= perProc {
 		n := min(left, perProc)
 		p := &originProc{cmd: exec.Command(self, "origins", strconv.Itoa(n)), ready: make(chan struct{})}
 		out, err := p.cmd.StdoutPipe()
@@ -105,7 +112,8 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "[proxy]\nlisten = \"127.0.0.1:%d\"\nworkers = %d\n[admin]\nlisten = \"127.0.0.1:%d\"\n[state]\nfile = \"\"\n", proxyPort, workers, adminPort)
 	fmt.Fprintf(&cfg, "[health]\npath = \"/health\"\ninterval = \"%s\"\ntimeout = \"2s\"\n[log]\nlevel = \"warn\"\n", interval)
-	for _, a := range addrs {
+	spare := addrs[servers:]
+	for _, a := range addrs[:servers] {
 		fmt.Fprintf(&cfg, "[[servers]]\nurl = \"http://%s\"\n", a)
 	}
 	path := filepath.Join(dir, "weldr.toml")
@@ -144,6 +152,9 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	log.Printf("weldr ready after %s; settling %s", time.Since(started).Round(time.Millisecond), settle)
 	time.Sleep(settle)
 
+	if churn > 0 {
+		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), spare, churn, measure)
+	}
 	pid := cmd.Process.Pid
 	cpu0, checks0, t0 := cpuTicks(pid), totalChecks(procs), time.Now()
 	time.Sleep(measure)
@@ -279,4 +290,154 @@ func children(pid int) []int {
 		}
 	}
 	return out
+}
+
+// measureChurn runs wrk against the proxy for the measurement window twice:
+// quietly, then while admin mutations (a POST or a DELETE of one of the
+// spare origins) arrive at rate per second. It reports both throughputs, the
+// mutation rate achieved and the pool update latency weldr measured.
+func measureChurn(admin, proxy string, spare []string, rate int, window time.Duration) error {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return fmt.Errorf("-churn needs wrk: %w", err)
+	}
+	quiet, err := wrk(proxy, window)
+	if err != nil {
+		return err
+	}
+	before := histogram(admin)
+	stop := make(chan struct{})
+	var done atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	tokens := make(chan int, rate)
+	go func() { // paces the mutations
+		t := time.NewTicker(time.Second / time.Duration(rate))
+		defer t.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				close(tokens)
+				return
+			case <-t.C:
+				select {
+				case tokens <- i:
+				default: // the clients fall behind: the achieved rate says so
+				}
+			}
+		}
+	}()
+	for c := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 10 * time.Second}
+			added := map[string]bool{}
+			for range tokens {
+				// Each client owns every 8th spare origin, so a POST and a
+				// DELETE of the same server never race.
+				a := spare[(c+8*int(done.Load()%int64(len(spare)/8)))%len(spare)]
+				var req *http.Request
+				if added[a] {
+					host, port, _ := net.SplitHostPort(a)
+					req, _ = http.NewRequest("DELETE", admin+"/servers/"+host+"/"+port, nil)
+				} else {
+					req, _ = http.NewRequest("POST", admin+"/servers", strings.NewReader(`{"url": "http://`+a+`"}`))
+				}
+				res, err := client.Do(req)
+				if err != nil || res.StatusCode >= 300 {
+					failed.Add(1)
+				} else {
+					added[a] = !added[a]
+				}
+				if res != nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	start := time.Now()
+	busy, err := wrk(proxy, window)
+	took := time.Since(start)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	after := histogram(admin)
+	p50, p99, n := quantiles(before, after)
+	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tpool update p50\tp99 (≤ bucket)\tsamples\n")
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%s\t%s\t%d\n", 10000, quiet, busy, busy/quiet,
+		float64(done.Load())/took.Seconds(), failed.Load(), p50, p99, n)
+	return nil
+}
+
+// wrk runs wrk -t2 -c64 against url and returns requests per second.
+func wrk(url string, d time.Duration) (float64, error) {
+	out, err := exec.Command("wrk", "-t2", "-c64", "-d"+d.String(), url).Output()
+	if err != nil {
+		return 0, fmt.Errorf("wrk: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Requests/sec:"); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
+}
+
+// histogram returns weldr_pool_update_seconds's cumulative buckets.
+func histogram(admin string) map[string]float64 {
+	res, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	h := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, `weldr_pool_update_seconds_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, v, _ := strings.Cut(rest, `"} `)
+		n, _ := strconv.ParseFloat(v, 64)
+		h[le] = n
+	}
+	return h
+}
+
+// quantiles returns the buckets holding the median and the 99th percentile
+// of the observations between two histogram readings.
+func quantiles(before, after map[string]float64) (p50, p99 string, n int) {
+	type bucket struct {
+		le    float64
+		label string
+		count float64
+	}
+	var bs []bucket
+	for label, c := range after {
+		le, err := strconv.ParseFloat(label, 64)
+		if label == "+Inf" {
+			le, err = 1e9, nil
+		}
+		if err == nil {
+			bs = append(bs, bucket{le, label, c - before[label]})
+		}
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
+	if len(bs) == 0 || bs[len(bs)-1].count == 0 {
+		return "-", "-", 0
+	}
+	total := bs[len(bs)-1].count
+	for _, b := range bs {
+		if p50 == "" && b.count >= total/2 {
+			p50 = b.label + "s"
+		}
+		if p99 == "" && b.count >= total*0.99 {
+			p99 = b.label + "s"
+		}
+	}
+	return p50, p99, int(total)
 }
