@@ -388,34 +388,30 @@ func requestTarget(req *message) (path, host []byte, ok bool) {
 }
 
 // hopRequest reports whether a request header stays with this hop or is
-// written by weldr itself.
+// written by weldr itself: the hop-by-hop ones, and Host, Expect and the
+// X-Forwarded fields, which weldr sets.
 func hopRequest(name []byte) bool {
-	hop := false
-	switch len(name) {
-	case 2:
-		hop = equalFold(name, "TE")
-	case 4:
-		hop = equalFold(name, "Host")
-	case 6:
-		hop = equalFold(name, "Expect")
-	case 7:
-		hop = equalFold(name, "Trailer") || equalFold(name, "Upgrade")
-	case 10:
-		hop = equalFold(name, "Connection") || equalFold(name, "Keep-Alive")
-	case 14:
-		hop = equalFold(name, "Content-Length")
-	case 15:
-		hop = equalFold(name, "X-Forwarded-For")
-	case 16:
-		hop = equalFold(name, "X-Forwarded-Host")
-	case 17:
-		hop = equalFold(name, "Transfer-Encoding") || equalFold(name, "X-Forwarded-Proto")
+	if hopResponse(name) {
+		return true
 	}
-	return hop || isProxyHeader(name)
+	switch len(name) {
+	case 4:
+		return equalFold(name, "Host")
+	case 6:
+		return equalFold(name, "Expect")
+	case 15:
+		return equalFold(name, "X-Forwarded-For")
+	case 16:
+		return equalFold(name, "X-Forwarded-Host")
+	case 17:
+		return equalFold(name, "X-Forwarded-Proto")
+	}
+	return false
 }
 
-// hopResponse reports whether a response header stays with this hop or is
-// written by weldr itself.
+// hopResponse reports whether a header stays with this hop (RFC 9110
+// §7.6.1) or is written by weldr itself (framing): what is never forwarded
+// in either direction.
 func hopResponse(name []byte) bool {
 	hop := false
 	switch len(name) {
