@@ -65,7 +65,7 @@ func BenchmarkWriteRequestHead(b *testing.B) {
 	}
 	be := &backend{id: "10.0.0.5:8080", scheme: "http", weight: 1}
 	bw := bufio.NewWriterSize(io.Discard, 16<<10)
-	path, host, _ := requestTarget(&cc.req)
+	path, host := requestTarget(&cc.req)
 	b.ReportAllocs()
 	for b.Loop() {
 		cc.writeRequestHead(bw, be, path, host)

@@ -66,7 +66,7 @@ func copyFixed(bw *bufio.Writer, dstConn net.Conn, br *bufio.Reader, srcConn net
 				}
 			}
 			if _, err := br.Peek(1); err != nil {
-				return done, classify(err, true)
+				return done, classify(err)
 			}
 		}
 		k, err := moveBuffered(bw, br, n-done)
@@ -97,7 +97,7 @@ func copyBuffered(bw *bufio.Writer, br *bufio.Reader, n int64) (int64, error) {
 	for done < n {
 		if br.Buffered() == 0 {
 			if _, err := br.Peek(1); err != nil {
-				return done, classify(err, true)
+				return done, classify(err)
 			}
 		}
 		k, err := moveBuffered(bw, br, n-done)
@@ -137,26 +137,20 @@ func peekOpen(raw syscall.RawConn, dataOK bool) bool {
 	return open
 }
 
-// classify attributes a copy error: a short read means the sender failed.
-func classify(err error, short bool) error {
+// classify attributes a failed copy: an early end or a failed read is the
+// sender's, anything else the receiver's.
+func classify(err error) error {
 	var se *srcError
-	if errors.As(err, &se) {
-		return err
-	}
-	if err == io.EOF {
-		return &srcError{io.ErrUnexpectedEOF}
-	}
 	var oe *net.OpError
-	if errors.As(err, &oe) {
-		if oe.Op == "read" {
-			return &srcError{err}
-		}
+	switch {
+	case errors.As(err, &se):
+		return err
+	case err == io.EOF:
+		return &srcError{io.ErrUnexpectedEOF}
+	case errors.As(err, &oe) && oe.Op != "read":
 		return err
 	}
-	if short {
-		return &srcError{err}
-	}
-	return err
+	return &srcError{err}
 }
 
 // copyChunked decodes a chunked body from br and writes it to bw, encoded

@@ -39,13 +39,7 @@ func (cc *clientConn) forward() bool {
 	f, w, req := cc.f, cc.f.w, &cc.req
 	start := time.Now()
 
-	path, host, ok := requestTarget(req)
-	if !ok {
-		w.stats.clientFailed.Add(1)
-		w.stats.badRequest.Add(1)
-		cc.writeError(http.StatusBadRequest, "invalid request target\n")
-		return false
-	}
+	path, host := requestTarget(req)
 	hasBody := req.chunked || req.contentLength > 0
 	if f.maxBody > 0 && req.contentLength > f.maxBody {
 		w.stats.clientFailed.Add(1)
@@ -347,44 +341,31 @@ func writeLength(bw *bufio.Writer, n int64) {
 }
 
 // requestTarget returns the origin-form target to send upstream and the
-// host the client asked for (RFC 9112 §3.2).
-func requestTarget(req *message) (path, host []byte, ok bool) {
+// host the client asked for (RFC 9112 §3.2). The parser has validated the
+// target (validTarget), so an absolute-form one has a proper authority.
+func requestTarget(req *message) (path, host []byte) {
 	t := req.target
-	switch {
-	case t[0] == '/':
-		return t, req.host, true
-	case len(t) == 1 && t[0] == '*' && equalFold(req.method, "OPTIONS"):
-		return t, req.host, true
-	}
-	// absolute-form: scheme "://" authority [path-abempty] [ "?" query ]
 	var rest []byte
 	switch {
 	case len(t) > 7 && equalFold(t[:7], "http://"):
 		rest = t[7:]
 	case len(t) > 8 && equalFold(t[:8], "https://"):
 		rest = t[8:]
-	default:
-		return nil, nil, false
+	default: // origin-form, or * for OPTIONS
+		return t, req.host
 	}
 	end := len(rest)
 	for i, c := range rest {
-		if c == '/' || c == '?' || c == '#' {
+		if c == '/' || c == '?' {
 			end = i
 			break
 		}
-	}
-	authority := rest[:end]
-	if len(authority) == 0 || bytes.IndexByte(authority, '@') >= 0 {
-		return nil, nil, false
 	}
 	path = rest[end:]
 	if len(path) == 0 || path[0] == '?' {
 		path = append([]byte{'/'}, path...)
 	}
-	if path[0] == '#' {
-		return nil, nil, false
-	}
-	return path, authority, true
+	return path, rest[:end]
 }
 
 // hopRequest reports whether a request header stays with this hop or is

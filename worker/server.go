@@ -43,7 +43,7 @@ type frontend struct {
 	zero  chan struct{}  // signalled when open drops to zero while draining
 }
 
-func newFrontend(w *worker, set ipcSettings) *frontend {
+func newFrontend(w *worker, set frontendConfig) *frontend {
 	f := &frontend{
 		w:                 w,
 		lim:               limits{headerBytes: set.maxHeaderBytes, lineBytes: set.maxRequestLine},
@@ -62,8 +62,8 @@ func newFrontend(w *worker, set ipcSettings) *frontend {
 	return f
 }
 
-// ipcSettings are the settings the front end needs, with defaults applied.
-type ipcSettings struct {
+// frontendConfig is what the front end needs of the settings, with defaults applied.
+type frontendConfig struct {
 	connectTimeout, responseHeaderTimeout, readHeaderTimeout, idleTimeout time.Duration
 	maxHeaderBytes, maxRequestLine, maxConns                              int
 	maxBody                                                               int64

@@ -64,7 +64,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		runtime.GOMAXPROCS(set.Procs)
 	}
 	w := &worker{
-		log:         newLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
+		log:         NewLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
 		byID:        make(map[string]*backend),
 		down:        make(map[string]bool),
 		appliedNote: make(chan struct{}, 1),
@@ -77,7 +77,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		// Access lines go out at info level whatever log.level says: the
 		// operator asked for them.
 		lb := newLogBuffer(logOut)
-		fe.accessLog = newLogger(lb, "info", set.LogFormat).With("worker", os.Getpid())
+		fe.accessLog = NewLogger(lb, "info", set.LogFormat).With("worker", os.Getpid())
 		stopFlushing := make(chan struct{})
 		flushed := make(chan struct{})
 		go func() { lb.accessLogFlusher(stopFlushing); close(flushed) }()
@@ -256,9 +256,11 @@ func (w *worker) index(id string) int {
 	return -1
 }
 
-// newLogger returns a slog logger writing to out at level in format (text or
-// json). Unknown values fall back to info and text.
-func newLogger(out io.Writer, level, format string) *slog.Logger {
+// NewLogger returns a slog logger writing to out at level (debug, info,
+// warn, error) in format (text or json), as log.level and log.format say.
+// Unknown values fall back to info and text. The manager's logger is made
+// the same way.
+func NewLogger(out io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	if lv.UnmarshalText([]byte(level)) != nil {
 		lv = slog.LevelInfo
@@ -271,14 +273,14 @@ func newLogger(out io.Writer, level, format string) *slog.Logger {
 }
 
 // frontendSettings applies defaults to what the manager sent.
-func frontendSettings(set *ipc.Settings) ipcSettings {
+func frontendSettings(set *ipc.Settings) frontendConfig {
 	or := func(d, def time.Duration) time.Duration {
 		if d <= 0 {
 			return def
 		}
 		return d
 	}
-	fs := ipcSettings{
+	fs := frontendConfig{
 		connectTimeout:        or(set.ConnectTimeout, time.Second),
 		responseHeaderTimeout: or(set.ResponseHeaderTimeout, 30*time.Second),
 		readHeaderTimeout:     or(set.ReadHeaderTimeout, 10*time.Second),

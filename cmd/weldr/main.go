@@ -58,7 +58,7 @@ func runManager(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 		return 0
 	}
-	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log := worker.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := manager.Run(ctx, *path, cfg, log); err != nil {
@@ -102,16 +102,4 @@ func runWorker() int {
 		return 1
 	}
 	return 0
-}
-
-// newLogger returns the manager's logger: level debug|info|warn|error,
-// format text|json (both already validated).
-func newLogger(out io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	lv.UnmarshalText([]byte(level))
-	opts := &slog.HandlerOptions{Level: lv}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(out, opts))
-	}
-	return slog.New(slog.NewTextHandler(out, opts))
 }
