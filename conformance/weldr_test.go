@@ -3,7 +3,6 @@ package conformance
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 // Limits of the configuration every test runs with.
@@ -38,7 +39,7 @@ func start(t *testing.T, workers int) *weldr {
 	}
 	b := newBackend(t) // registered first, so cleaned up after weldr stops
 	dir := t.TempDir()
-	pp, ap := freePort(t), freePort(t)
+	pp, ap := weldrtest.FreePort(t), weldrtest.FreePort(t)
 	w := &weldr{
 		addr:    fmt.Sprintf("127.0.0.1:%d", pp),
 		admin:   fmt.Sprintf("http://127.0.0.1:%d", ap),
@@ -126,16 +127,6 @@ func stop(t *testing.T, pid int, exited <-chan struct{}) {
 		<-exited
 		t.Errorf("weldr %d did not exit within 15s of SIGTERM", pid)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // waitFor polls cond until it holds or the timeout passes.

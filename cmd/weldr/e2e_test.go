@@ -17,32 +17,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 // weldrBin is the real binary, built once for all end-to-end tests.
 var weldrBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "weldr-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	weldrBin = filepath.Join(dir, "weldr")
-	args := []string{"build", "-o", weldrBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	build := exec.Command("go", append(args, ".")...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building weldr:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(weldrtest.Main(m, &weldrBin)) }
 
 // daemon is one running weldr, across the generations SIGHUP starts.
 type daemon struct {
@@ -74,16 +56,6 @@ type options struct {
 	extra   string // appended to the config; lines before a table header land in [log]
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startWeldr runs the binary with a loopback-only config and waits until all
 // its workers are ready. extra is appended to the config: lines before any
 // table header land in [log].
@@ -98,7 +70,7 @@ func start(t *testing.T, o options) *daemon {
 		o.workers = 2
 	}
 	dir := t.TempDir()
-	pp, ap := freePort(t), freePort(t)
+	pp, ap := weldrtest.FreePort(t), weldrtest.FreePort(t)
 	d := &daemon{
 		t:       t,
 		proxy:   fmt.Sprintf("http://127.0.0.1:%d", pp),

@@ -1,6 +1,6 @@
 //go:build race
 
-package main
+package weldrtest
 
 // raceEnabled builds the binary under test with the race detector too when
 // the tests themselves run with -race.

@@ -1,0 +1,60 @@
+// Package weldrtest holds what the tests that drive weldr as a real
+// process share: building the binary once per test package, and free
+// loopback ports.
+package weldrtest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Main builds the weldr binary into a temporary directory (with the race
+// detector when the tests run with it), sets *bin to its path, runs the
+// tests and removes the directory. It returns the exit code for os.Exit.
+func Main(m *testing.M, bin *string) int {
+	dir, err := os.MkdirTemp("", "weldr-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	*bin = filepath.Join(dir, "weldr")
+	args := []string{"build", "-o", *bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command(goTool(), append(args, "github.com/weldr-proxy/weldr/cmd/weldr")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building weldr:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// goTool is the go command: the one on PATH, else the one in $GOROOT/bin
+// (which `go test` sets for the test binary).
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		return filepath.Join(root, "bin", "go")
+	}
+	return "go"
+}
+
+// FreePort returns a port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
