@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Bodies pass through weldr re-framed by weldr: a chunked body is decoded
@@ -129,10 +127,10 @@ func socketOpen(c net.Conn) bool {
 // if dataOK: on an idle pooled connection, stray bytes make it unusable.
 func peekOpen(raw syscall.RawConn, dataOK bool) bool {
 	open := false
-	var one [1]byte
+	var one byte
 	raw.Control(func(fd uintptr) {
-		n, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		open = err == unix.EAGAIN || (dataOK && err == nil && n > 0)
+		n, e := peekRaw(fd, &one)
+		open = e == syscall.EAGAIN || (dataOK && e == 0 && n > 0)
 	})
 	return open
 }

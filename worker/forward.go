@@ -238,7 +238,7 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 		// The backend failed before any byte of the body, and nothing of
 		// the answer reached the client yet: a clean 502 instead.
 		up.c.Close()
-		bw.Reset(cc.c)
+		bw.Reset(cc.rw)
 		return cc.backendFailed(start, b, err)
 	case errors.As(err, &se):
 		// The backend broke off mid-body: send what arrived, then close

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // frontend is weldr's HTTP/1.1 server: one goroutine per client connection,
@@ -111,7 +109,9 @@ type clientConn struct {
 	f      *frontend
 	c      net.Conn
 	raw    syscall.RawConn
-	remote string // RemoteAddr, kept for logs and X-Forwarded-For
+	sio    sockIO
+	rw     io.ReadWriter // the connection's reads and writes: sio, or c
+	remote string        // RemoteAddr, kept for logs and X-Forwarded-For
 	ip     string
 
 	br   *bufio.Reader // nil while idle
@@ -130,6 +130,7 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 	if sc, ok := c.(syscall.Conn); ok {
 		cc.raw, _ = sc.SyscallConn()
 	}
+	cc.rw = newReadWriter(c, &cc.sio)
 	f.open.Add(1)
 	f.mu.Lock()
 	f.conns[cc] = struct{}{}
@@ -159,11 +160,11 @@ func (cc *clientConn) close() {
 func (cc *clientConn) acquire() {
 	if cc.br == nil {
 		cc.br = cc.f.readers.Get().(*bufio.Reader)
-		cc.br.Reset(cc.c)
+		cc.br.Reset(cc.rw)
 	}
 	if cc.bw == nil {
 		cc.bw = cc.f.writers.Get().(*bufio.Writer)
-		cc.bw.Reset(cc.c)
+		cc.bw.Reset(cc.rw)
 	}
 }
 
@@ -231,16 +232,16 @@ func (cc *clientConn) waitReadable() error {
 	if cc.raw == nil {
 		return nil // not a socket: just read
 	}
-	var one [1]byte
+	var one byte
 	var werr error
 	err := cc.raw.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err == unix.EAGAIN || err == unix.EINTR {
+		_, e := peekRaw(fd, &one)
+		if e == syscall.EAGAIN || e == syscall.EINTR {
 			return false
 		}
 		werr = nil
-		if err != nil {
-			werr = err
+		if e != 0 {
+			werr = e
 		}
 		return true
 	})

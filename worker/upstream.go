@@ -47,6 +47,7 @@ func (e *connectError) Unwrap() error { return e.err }
 type upConn struct {
 	c      net.Conn
 	raw    syscall.RawConn // nil for TLS
+	sio    sockIO
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	reused bool      // it carried a request before: the server may have closed it
@@ -131,8 +132,9 @@ func (u *upstreams) dial(b *backend) (*upConn, error) {
 	} else if sc, ok := c.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
-	uc.br = bufio.NewReaderSize(uc.c, 16<<10)
-	uc.bw = bufio.NewWriterSize(uc.c, 16<<10)
+	rw := newReadWriter(uc.c, &uc.sio)
+	uc.br = bufio.NewReaderSize(rw, 16<<10)
+	uc.bw = bufio.NewWriterSize(rw, 16<<10)
 	return uc, nil
 }
 

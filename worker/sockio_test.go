@@ -1,0 +1,132 @@
+package worker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestSockIOIsUsedForTCPOnly(t *testing.T) {
+	a, _ := tcpPair(t)
+	var s sockIO
+	if rw := newReadWriter(a, &s); rw != io.ReadWriter(&s) {
+		t.Fatalf("TCP connection: got %T, want *sockIO", rw)
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if rw := newReadWriter(p1, &s); rw != io.ReadWriter(p1) {
+		t.Fatalf("pipe: got %T, want the connection itself", rw)
+	}
+}
+
+// A write far larger than the socket buffers waits for room and arrives
+// whole; the reader sees every byte, then EOF.
+func TestSockIOLargeWriteAndEOF(t *testing.T) {
+	a, b := tcpPair(t)
+	var sa, sb sockIO
+	wa, rb := newReadWriter(a, &sa), newReadWriter(b, &sb)
+	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
+	errc := make(chan error, 1)
+	go func() {
+		n, err := wa.Write(want)
+		if err == nil && n != len(want) {
+			err = io.ErrShortWrite
+		}
+		a.(*net.TCPConn).CloseWrite()
+		errc <- err
+	}()
+	got, err := io.ReadAll(rb)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d identical ones", len(got), len(want))
+	}
+	if n, err := rb.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+		t.Fatalf("after the end: %d, %v; want 0, EOF", n, err)
+	}
+}
+
+// Deadlines and Close act on sockIO as on net.Conn, with the errors the
+// proxy classifies.
+func TestSockIODeadlineAndClose(t *testing.T) {
+	a, b := tcpPair(t)
+	var s sockIO
+	r := newReadWriter(a, &s)
+	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := r.Read(make([]byte, 8))
+	var ne net.Error
+	var oe *net.OpError
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("past the deadline: %v; want a read timeout", err)
+	}
+	a.SetReadDeadline(time.Time{})
+
+	b.Write([]byte("hi"))
+	buf := make([]byte, 8)
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "hi" {
+		t.Fatalf("read %q, %v; want \"hi\"", buf[:n], err)
+	}
+
+	done := make(chan error, 1)
+	go func() { _, err := r.Read(buf); done <- err }()
+	time.Sleep(10 * time.Millisecond)
+	a.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed connection: %v; want net.ErrClosed", err)
+	}
+	if _, err := r.Write([]byte("x")); !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("write on a closed connection: %v; want a write error", err)
+	}
+}
+
+// A write to a peer that reset the connection fails with a write error
+// and does not kill the process (no SIGPIPE).
+func TestSockIOWriteToReset(t *testing.T) {
+	a, b := tcpPair(t)
+	b.(*net.TCPConn).SetLinger(0)
+	b.Close()
+	var s sockIO
+	w := newReadWriter(a, &s)
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = w.Write(make([]byte, 64<<10))
+		time.Sleep(time.Millisecond)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("write after reset: %v; want a write error", err)
+	}
+}
