@@ -31,7 +31,7 @@ type frontend struct {
 	maxConns          int   // per worker; 0: no limit
 	preserveHost      bool
 
-	readers sync.Pool // *bufio.Reader of readSize, taken only while a request is read
+	readers sync.Pool // *bufio.Reader of readSize, taken only while a request is read (or a backend connection used)
 	writers sync.Pool // *bufio.Writer
 
 	mu    sync.Mutex // guards conns
@@ -54,9 +54,9 @@ func newFrontend(w *worker, set frontendConfig) *frontend {
 		zero:              make(chan struct{}, 1),
 	}
 	f.readSize = max(16<<10, set.maxRequestLine+2)
-	f.up.init(set.connectTimeout, set.responseHeaderTimeout)
 	f.readers.New = func() any { return bufio.NewReaderSize(nil, f.readSize) }
 	f.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	f.up.init(set.connectTimeout, set.responseHeaderTimeout, &f.readers, &f.writers)
 	return f
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 type upstreams struct {
 	dialer                net.Dialer
 	responseHeaderTimeout time.Duration
+	readers, writers      *sync.Pool // the front end's buffers, shared
 }
 
 // Idle backend connections: at most maxIdlePerBackend kept per server,
@@ -31,9 +33,10 @@ const (
 // bodyless request that meets one is retried on a new connection anyway.
 const freshIdle = time.Second
 
-func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration) {
+func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration, readers, writers *sync.Pool) {
 	u.dialer = net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	u.responseHeaderTimeout = responseHeaderTimeout
+	u.readers, u.writers = readers, writers
 }
 
 // connectError marks a failure to connect to a backend: nothing of the
@@ -43,15 +46,17 @@ type connectError struct{ err error }
 func (e *connectError) Error() string { return "connecting: " + e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
-// upConn is a connection to a backend with its buffers.
+// upConn is a connection to a backend with its buffers, which it holds
+// only while in use: an idle kept-alive connection costs no buffer.
 type upConn struct {
 	c      net.Conn
 	raw    syscall.RawConn // nil for TLS
 	sio    sockIO
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	reused bool      // it carried a request before: the server may have closed it
-	idleAt time.Time // when it was put back
+	rw     io.ReadWriter // the connection's reads and writes: sio, or c
+	br     *bufio.Reader // nil while idle
+	bw     *bufio.Writer // nil while idle
+	reused bool          // it carried a request before: the server may have closed it
+	idleAt time.Time     // when it was put back
 }
 
 // connPool is a backend's idle connections, most recently used on top.
@@ -78,6 +83,7 @@ func (u *upstreams) get(b *backend, replayable bool) (*upConn, error) {
 		b.pool.mu.Unlock()
 		if idle := now.Sub(uc.idleAt); idle < upIdleTimeout && (replayable && idle < freshIdle || uc.open()) {
 			uc.reused = true
+			u.acquire(uc)
 			return uc, nil
 		}
 		uc.c.Close()
@@ -85,8 +91,14 @@ func (u *upstreams) get(b *backend, replayable bool) (*upConn, error) {
 	return u.dial(b)
 }
 
-// put keeps uc for reuse, or closes it when the pool is full.
+// put keeps uc for reuse, or closes it when the pool is full or its
+// buffers hold unread or unsent bytes.
 func (u *upstreams) put(b *backend, uc *upConn) {
+	if uc.br.Buffered() > 0 || uc.bw.Buffered() > 0 {
+		uc.c.Close()
+		return
+	}
+	u.release(uc)
 	uc.idleAt = time.Now()
 	b.pool.mu.Lock()
 	if len(b.pool.idle) < maxIdlePerBackend {
@@ -132,18 +144,30 @@ func (u *upstreams) dial(b *backend) (*upConn, error) {
 	} else if sc, ok := c.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
-	rw := newReadWriter(uc.c, &uc.sio)
-	uc.br = bufio.NewReaderSize(rw, 16<<10)
-	uc.bw = bufio.NewWriterSize(rw, 16<<10)
+	uc.rw = newReadWriter(uc.c, &uc.sio)
+	u.acquire(uc)
 	return uc, nil
 }
 
-// open reports whether an idle connection is still usable: nothing
-// buffered, and a non-blocking peek finds neither data nor EOF.
+func (u *upstreams) acquire(uc *upConn) {
+	uc.br = u.readers.Get().(*bufio.Reader)
+	uc.br.Reset(uc.rw)
+	uc.bw = u.writers.Get().(*bufio.Writer)
+	uc.bw.Reset(uc.rw)
+}
+
+// release gives uc's buffers back; both are empty.
+func (u *upstreams) release(uc *upConn) {
+	uc.br.Reset(nil)
+	u.readers.Put(uc.br)
+	uc.bw.Reset(nil)
+	u.writers.Put(uc.bw)
+	uc.br, uc.bw = nil, nil
+}
+
+// open reports whether an idle connection is still usable: a non-blocking
+// peek finds neither data nor EOF.
 func (uc *upConn) open() bool {
-	if uc.br.Buffered() > 0 {
-		return false
-	}
 	if uc.raw == nil {
 		return true // TLS: found out on use
 	}

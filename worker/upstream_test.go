@@ -1,0 +1,68 @@
+package worker
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// An idle kept-alive backend connection holds no buffer; it gets them back
+// when reused, and works.
+func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // an echo server, one connection
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	var readers, writers sync.Pool
+	readers.New = func() any { return bufio.NewReaderSize(nil, 16<<10) }
+	writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	var u upstreams
+	u.init(time.Second, time.Second, &readers, &writers)
+	b := &backend{id: ln.Addr().String(), scheme: "http", weight: 1}
+
+	roundTrip := func(uc *upConn, msg string) {
+		t.Helper()
+		uc.bw.WriteString(msg)
+		if err := uc.bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(uc.br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo: %q, %v; want %q", got, err, msg)
+		}
+	}
+	uc, err := u.get(b, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(uc, "one")
+	u.put(b, uc)
+	if len(b.pool.idle) != 1 {
+		t.Fatalf("%d idle connections, want 1", len(b.pool.idle))
+	}
+	if idle := b.pool.idle[0]; idle.br != nil || idle.bw != nil {
+		t.Fatal("an idle connection kept its buffers")
+	}
+	again, err := u.get(b, false) // checked with a peek: still open
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != uc || !again.reused {
+		t.Fatal("the idle connection was not reused")
+	}
+	roundTrip(again, "two")
+	b.pool.closeIdle()
+	again.c.Close()
+}
