@@ -16,6 +16,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 
+	"github.com/weldr-proxy/weldr/internal/memtrim"
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
@@ -210,6 +211,8 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	}
 	stopUpgrades := m.handleUpgrades(upg, hup)
 	defer stopUpgrades()
+	stopTrim := trimMemory()
+	defer stopTrim()
 	m.log.Info("weldr ready", "version", Version, "proxy", proxyLn.Addr().String(),
 		"admin", adminLn.Addr().String(), "workers", m.workersCount, "servers", m.poolLen())
 
@@ -224,6 +227,31 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		return fmt.Errorf("serving admin API: %w", err)
 	}
 	return nil
+}
+
+// trimInterval is how often the manager gives idle memory back.
+const trimInterval = time.Minute
+
+// trimMemory gives back what start-up used and no longer needs (see
+// memtrim.Trim) a second after start, then every trimInterval.
+func trimMemory() (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				memtrim.Trim()
+				t.Reset(trimInterval)
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
 }
 
 func (m *Manager) poolLen() int {

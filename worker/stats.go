@@ -2,11 +2,11 @@ package worker
 
 import (
 	"context"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/weldr-proxy/weldr/internal/memtrim"
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
@@ -116,6 +116,11 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 	return out
 }
 
+// minTrimGap spaces the worker's memory trims (two collections and the
+// refaults of its hot code, about a millisecond), so that traffic with
+// pauses of a second does not pay for one every pause.
+const minTrimGap = 10 * time.Second
+
 // managerWriter is the only writer of the pipe to the manager once the
 // worker reported Ready: it acknowledges pool versions as they are applied,
 // and sends the counters' deltas every interval. When ctx ends it sends what
@@ -124,7 +129,8 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var acked uint64
-	quiet := 1 // report intervals without a request (none yet: nothing to free)
+	trimmed := false // memory given back since the last traffic
+	var lastTrim time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -136,18 +142,19 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 				}
 				acked = v
 			}
-		case <-t.C:
+		case now := <-t.C:
 			busy, err := w.reportBusy(conn)
 			if err != nil {
 				return err
 			}
-			if quiet = quiet + 1; busy {
-				quiet = 0
-			}
-			if quiet == 1 {
-				// The first quiet interval after traffic: give the heap the
-				// load grew back to the system now rather than over minutes.
-				debug.FreeOSMemory()
+			switch {
+			case busy:
+				trimmed = false
+			case !trimmed && now.Sub(lastTrim) >= minTrimGap:
+				// Quiet after start-up or traffic: give back what they
+				// grew now rather than over minutes.
+				memtrim.Trim()
+				trimmed, lastTrim = true, now
 			}
 		}
 	}
