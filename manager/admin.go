@@ -171,8 +171,8 @@ func (m *Manager) listServers(*http.Request) (int, any, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]serverView, 0, m.pool.Len())
-	for _, id := range m.pool.order {
-		out = append(out, m.view(m.pool.Get(id)))
+	for s := range m.pool.All() {
+		out = append(out, m.view(s))
 	}
 	return http.StatusOK, out, nil
 }
@@ -328,11 +328,10 @@ func (m *Manager) statsDetail(*http.Request) (int, any, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]serverStats, 0, m.pool.Len())
-	for _, id := range m.pool.order {
-		s := m.pool.Get(id)
-		host, port := splitID(id)
-		c := m.stats.of(id)
-		out = append(out, serverStats{ID: id, IP: host, Port: port, State: state(s.Down), Success: c.Success, Failed: c.Failed})
+	for s := range m.pool.All() {
+		host, port := splitID(s.ID)
+		c := m.stats.of(s.ID)
+		out = append(out, serverStats{ID: s.ID, IP: host, Port: port, State: state(s.Down), Success: c.Success, Failed: c.Failed})
 	}
 	return http.StatusOK, out, nil
 }

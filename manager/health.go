@@ -47,15 +47,15 @@ func (m *Manager) startHealthChecks() (stop func()) {
 	}
 	m.mu.Lock()
 	m.checksCtx = ctx
-	for _, id := range m.pool.order {
-		m.scheduleCheck(m.pool.Get(id), 0)
+	for s := range m.pool.All() {
+		m.scheduleCheck(s, 0)
 	}
 	m.mu.Unlock()
 	return func() {
 		m.mu.Lock()
 		cancel()
-		for _, id := range m.pool.order {
-			m.stopChecks(m.pool.Get(id))
+		for s := range m.pool.All() {
+			m.stopChecks(s)
 		}
 		m.mu.Unlock()
 		wg.Wait()

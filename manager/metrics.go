@@ -80,8 +80,8 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 	m.mu.Lock()
 	rows := make([]row, 0, m.pool.Len())
-	for _, id := range m.pool.order {
-		rows = append(rows, row{id, m.pool.Get(id).Down, m.stats.of(id)})
+	for s := range m.pool.All() {
+		rows = append(rows, row{s.ID, s.Down, m.stats.of(s.ID)})
 	}
 	ready := m.ready
 	m.mu.Unlock()

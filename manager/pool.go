@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"iter"
 	"slices"
 	"time"
 
@@ -27,7 +28,8 @@ type Server struct {
 	LastCheck time.Time
 	LastError string
 
-	probe *probe // the server's check schedule, set by the manager
+	probe   *probe // the server's check schedule, set by the manager
+	removed bool   // taken out of the pool: Pool.order skips it
 }
 
 func (s *Server) ipc() ipc.Server {
@@ -40,7 +42,11 @@ func (s *Server) ipc() ipc.Server {
 // the same lock.
 type Pool struct {
 	servers map[string]*Server
-	order   []string // IDs in the order they were added
+	// order is the servers in the order they were added, and some removed
+	// ones (at most as many as are in): removing from the middle of 10,000
+	// entries at every DELETE would make a burst of them quadratic.
+	order   []*Server
+	removed int // removed servers still in order
 }
 
 // NewPool returns an empty pool.
@@ -61,8 +67,9 @@ func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 		return false, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{old.ipc()}}}
 	}
 	ns := s
+	ns.removed = false
 	p.servers[s.ID] = &ns
-	p.order = append(p.order, s.ID)
+	p.order = append(p.order, &ns)
 	return true, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{ns.ipc()}}}
 }
 
@@ -72,8 +79,12 @@ func (p *Pool) Remove(id string) (removed bool, msgs []*ipc.Message) {
 	if p.servers[id] == nil {
 		return false, nil
 	}
+	p.servers[id].removed = true
 	delete(p.servers, id)
-	p.order = slices.DeleteFunc(p.order, func(o string) bool { return o == id })
+	if p.removed++; p.removed > len(p.servers) {
+		p.order = slices.DeleteFunc(p.order, func(s *Server) bool { return s.removed })
+		p.removed = 0
+	}
 	return true, []*ipc.Message{{Kind: ipc.RemoveServer, ID: id}}
 }
 
@@ -99,20 +110,36 @@ func (p *Pool) Get(id string) *Server { return p.servers[id] }
 // Len returns the number of servers.
 func (p *Pool) Len() int { return len(p.servers) }
 
+// All yields the servers in the order they were added. The pointers are
+// only valid under the lock that guards the pool.
+func (p *Pool) All() iter.Seq[*Server] {
+	return func(yield func(*Server) bool) {
+		for _, s := range p.order {
+			if !s.removed && !yield(s) {
+				return
+			}
+		}
+	}
+}
+
 // List returns copies of all servers in the order they were added.
 func (p *Pool) List() []Server {
-	out := make([]Server, 0, len(p.order))
-	for _, id := range p.order {
-		out = append(out, *p.servers[id])
+	out := make([]Server, 0, len(p.servers))
+	for _, s := range p.order {
+		if !s.removed {
+			out = append(out, *s)
+		}
 	}
 	return out
 }
 
 // Snapshot returns the message that gives a worker the whole pool.
 func (p *Pool) Snapshot(settings *ipc.Settings) *ipc.Message {
-	m := &ipc.Message{Kind: ipc.Snapshot, Settings: settings, Servers: make(ipc.Servers, 0, len(p.order))}
-	for _, id := range p.order {
-		m.Servers = append(m.Servers, p.servers[id].ipc())
+	m := &ipc.Message{Kind: ipc.Snapshot, Settings: settings, Servers: make(ipc.Servers, 0, len(p.servers))}
+	for _, s := range p.order {
+		if !s.removed {
+			m.Servers = append(m.Servers, s.ipc())
+		}
 	}
 	return m
 }

@@ -1,7 +1,9 @@
 package manager
 
 import (
+	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/weldr-proxy/weldr/ipc"
@@ -90,5 +92,45 @@ func TestStaticServersStayStatic(t *testing.T) {
 	p.Add(Server{ID: "h:1", URL: "http://h:1", Weight: 1})
 	if !p.Get("h:1").Static {
 		t.Error("re-adding a static server through the API made it removable")
+	}
+}
+
+// Removals leave the order of the others as it was, however many there
+// are, and a server added again goes to the end.
+func TestPoolOrderThroughManyRemovals(t *testing.T) {
+	p := NewPool()
+	var want []string
+	for i := range 1000 {
+		id := fmt.Sprintf("10.0.0.1:%d", 1000+i)
+		p.Add(Server{ID: id, URL: "http://" + id, Weight: 1})
+		want = append(want, id)
+	}
+	for i := 0; i < 1000; i += 3 { // a third of them: compaction happens midway
+		p.Remove(want[i])
+	}
+	p.Add(Server{ID: want[0], URL: "http://" + want[0], Weight: 1})
+	var live []string
+	for i, id := range want {
+		if i%3 != 0 {
+			live = append(live, id)
+		}
+	}
+	live = append(live, want[0])
+	var got []string
+	for _, s := range p.List() {
+		got = append(got, s.ID)
+	}
+	if !slices.Equal(got, live) {
+		t.Fatalf("List after removals: %d servers, want %d in order", len(got), len(live))
+	}
+	got = got[:0]
+	for _, s := range p.Snapshot(&ipc.Settings{}).Servers {
+		got = append(got, s.ID)
+	}
+	if !slices.Equal(got, live) {
+		t.Fatalf("Snapshot after removals: %d servers, want %d in order", len(got), len(live))
+	}
+	if p.Len() != len(live) || len(p.order) > 2*len(live) {
+		t.Fatalf("Len %d, order %d entries; want %d and at most twice that", p.Len(), len(p.order), len(live))
 	}
 }

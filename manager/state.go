@@ -122,8 +122,8 @@ func encodeState(servers []Server) ([]byte, error) {
 // Called with m.mu held.
 func (m *Manager) registered() []Server {
 	var out []Server
-	for _, id := range m.pool.order {
-		if s := m.pool.Get(id); !s.Static {
+	for s := range m.pool.All() {
+		if !s.Static {
 			out = append(out, *s)
 		}
 	}
