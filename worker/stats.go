@@ -108,7 +108,9 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 	}
 	st.mu.Unlock()
 	for _, b := range s.all {
-		add(b)
+		if !b.gone.Load() { // retired above
+			add(b)
+		}
 	}
 	if out.ClientSuccess|out.ClientFailed == 0 && len(out.Servers) == 0 && out.Generated == (ipc.Generated{}) {
 		return nil

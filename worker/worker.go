@@ -33,8 +33,9 @@ type worker struct {
 	log         *slog.Logger
 
 	// The pool as the manager described it; only poolUpdates touches these.
-	version uint64 // of the changes applied to servers and down
-	servers []*backend
+	version uint64     // of the changes applied to servers and down
+	servers []*backend // including gone ones, until compacted
+	gone    int        // gone servers in servers
 	byID    map[string]*backend
 	down    map[string]bool
 }
@@ -180,7 +181,7 @@ func (w *worker) change(m *ipc.Message) {
 	switch m.Kind {
 	case ipc.Snapshot:
 		keep := make(map[string]bool, len(m.Servers))
-		w.servers = nil // a new array: published snapshots keep the old one
+		w.servers, w.gone = nil, 0 // a new array: published snapshots keep the old one
 		clear(w.down)
 		for _, s := range m.Servers {
 			keep[s.ID] = true
@@ -192,6 +193,7 @@ func (w *worker) change(m *ipc.Message) {
 		for id, b := range w.byID {
 			if !keep[id] {
 				delete(w.byID, id)
+				b.gone.Store(true)
 				w.stats.retire(b)
 			}
 		}
@@ -210,11 +212,18 @@ func (w *worker) change(m *ipc.Message) {
 			delete(w.down, s.ID)
 		}
 	case ipc.RemoveServer:
-		if i := w.index(m.ID); i >= 0 {
-			w.stats.retire(w.servers[i])
-			w.servers = append(w.servers[:i:i], w.servers[i+1:]...)
+		// Marked gone at once, for the snapshot requests route by too;
+		// taken out of the list once an eighth of it is gone, so that a
+		// removal costs O(1) amortised rather than a copy of the list.
+		if b := w.byID[m.ID]; b != nil {
+			b.gone.Store(true)
+			w.stats.retire(b)
 			delete(w.byID, m.ID)
 			delete(w.down, m.ID)
+			if w.gone++; w.gone > len(w.servers)/8 {
+				w.servers = slices.DeleteFunc(slices.Clone(w.servers), func(b *backend) bool { return b.gone.Load() })
+				w.gone = 0
+			}
 		}
 	case ipc.MarkServerDown:
 		if w.byID[m.ID] != nil {
