@@ -17,11 +17,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,11 +46,13 @@ func main() {
 	measure := flag.Duration("measure", 30*time.Second, "measurement window")
 	workers := flag.Int("workers", 2, "weldr workers")
 	churn := flag.Int("churn", 0, "admin mutations per second to measure (0: the health checker only)")
+	clients := flag.Int("clients", 32, "with -churn: concurrent admin clients")
+	rounds := flag.Int("rounds", 3, "with -churn: alternating quiet and churn windows")
 	flag.Parse()
 	if *weldr == "" {
 		log.Fatal("-weldr is required")
 	}
-	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure, *churn); err != nil {
+	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure, *churn, *clients, *rounds); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -61,7 +65,7 @@ type originProc struct {
 	ready  chan struct{}
 }
 
-func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration, churn int) error {
+func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration, churn, clients, rounds int) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -153,14 +157,13 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	time.Sleep(settle)
 
 	if churn > 0 {
-		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), spare, churn, measure)
+		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), cmd.Process.Pid, spare, churn, clients, rounds, measure)
 	}
 	pid := cmd.Process.Pid
 	cpu0, checks0, t0 := cpuTicks(pid), totalChecks(procs), time.Now()
 	time.Sleep(measure)
 	cpu1, checks1, t1 := cpuTicks(pid), totalChecks(procs), time.Now()
 	secs := t1.Sub(t0).Seconds()
-	hz := 100.0 // USER_HZ on Linux
 	cpuPct := float64(cpu1-cpu0) / hz / secs * 100
 	rate := float64(checks1-checks0) / secs
 	mRSS, mHWM := memKB(pid)
@@ -232,12 +235,19 @@ func serveOrigins(n int) {
 }
 
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
+	// Below the ephemeral range (32768-60999 by default), where the 10,000
+	// origins and their checks' connections take ports and may take a port
+	// picked here before weldr binds it.
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	log.Fatal("no free port between 20000 and 32000")
+	return 0
 }
 
 // cpuTicks returns utime+stime of pid in clock ticks.
@@ -292,52 +302,108 @@ func children(pid int) []int {
 	return out
 }
 
-// measureChurn runs wrk against the proxy for the measurement window twice:
-// quietly, then while admin mutations (a POST or a DELETE of one of the
-// spare origins) arrive at rate per second. It reports both throughputs, the
-// mutation rate achieved and the pool update latency weldr measured.
-func measureChurn(admin, proxy string, spare []string, rate int, window time.Duration) error {
+// measureChurn alternates, rounds times, a quiet window of wrk against the
+// proxy with one where admin mutations (a POST or a DELETE of one of the
+// spare origins) also arrive at rate per second from clients concurrent
+// clients. It reports the median throughputs and their ratio, the mutation
+// rate achieved, the CPU weldr's processes used per window, and the pool
+// update latency weldr measured over all churn windows.
+func measureChurn(admin, proxy string, pid int, spare []string, rate, clients, rounds int, window time.Duration) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("-churn needs wrk: %w", err)
 	}
-	quiet, err := wrk(proxy, window)
+	added := make([]map[string]bool, clients) // client -> origin -> registered
+	for c := range added {
+		added[c] = map[string]bool{}
+	}
+	var quiet, busy, ratio, rates, cpuQuiet, cpuBusy []float64
+	var failed int64
+	// First the mutations alone, without proxy traffic: how fast a change
+	// reaches the workers when they are not competing with wrk for the CPUs.
+	before := histogram(admin)
+	t0 := treeTicks(pid)
+	_, alone, fails, err := churnWindow(admin, "", spare, added, rate, window)
 	if err != nil {
 		return err
 	}
-	before := histogram(admin)
+	aloneCPU := float64(treeTicks(pid)-t0) / hz / window.Seconds()
+	failed += fails
+	a50, a99, an := quantiles(before, histogram(admin))
+	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, an)
+	before = histogram(admin)
+	for r := range rounds {
+		t0 := treeTicks(pid)
+		q, err := wrk(proxy, window)
+		if err != nil {
+			return err
+		}
+		t1 := treeTicks(pid)
+		b, done, fails, err := churnWindow(admin, proxy, spare, added, rate, window)
+		if err != nil {
+			return err
+		}
+		t2 := treeTicks(pid)
+		failed += fails
+		quiet, busy, ratio = append(quiet, q), append(busy, b), append(ratio, b/q)
+		rates = append(rates, done)
+		cpuQuiet = append(cpuQuiet, float64(t1-t0)/hz/window.Seconds())
+		cpuBusy = append(cpuBusy, float64(t2-t1)/hz/window.Seconds())
+		log.Printf("round %d: quiet %.0f req/s, under churn %.0f req/s (%.2f), %.0f mutations/s", r+1, q, b, b/q, done)
+	}
+	p50, p99, n := quantiles(before, histogram(admin))
+	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\n")
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\n", 10000, median(quiet), median(busy), median(ratio),
+		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n)
+	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
+	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an)
+	return nil
+}
+
+// churnWindow runs wrk for window (or just waits, without proxy) while the clients register and remove
+// spare origins at rate per second. Client c owns the spare origins whose
+// index is c modulo the number of clients, so a POST and a DELETE of the
+// same server never race.
+func churnWindow(admin, proxy string, spare []string, added []map[string]bool, rate int, window time.Duration) (reqs, mutations float64, failed int64, err error) {
 	stop := make(chan struct{})
-	var done atomic.Int64
-	var failed atomic.Int64
+	var done, fails atomic.Int64
 	var wg sync.WaitGroup
 	tokens := make(chan int, rate)
-	go func() { // paces the mutations
-		t := time.NewTicker(time.Second / time.Duration(rate))
+	go func() { // paces the mutations: tokens owed by the clock, not by ticks
+		t := time.NewTicker(time.Millisecond) // a late tick is made up for
 		defer t.Stop()
-		for i := 0; ; i++ {
+		start, issued := time.Now(), 0
+		for {
 			select {
 			case <-stop:
 				close(tokens)
 				return
-			case <-t.C:
-				select {
-				case tokens <- i:
-				default: // the clients fall behind: the achieved rate says so
+			case now := <-t.C:
+				for owed := int(now.Sub(start).Seconds() * float64(rate)); issued < owed; issued++ {
+					select {
+					case tokens <- issued:
+					default: // the clients fall behind: the achieved rate says so
+					}
 				}
 			}
 		}
 	}()
-	for c := range 8 {
+	n := len(added)
+	for c := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			client := &http.Client{Timeout: 10 * time.Second}
-			added := map[string]bool{}
-			for range tokens {
-				// Each client owns every 8th spare origin, so a POST and a
-				// DELETE of the same server never race.
-				a := spare[(c+8*int(done.Load()%int64(len(spare)/8)))%len(spare)]
+			var own []string
+			for i := c; i < len(spare); i += n {
+				own = append(own, spare[i])
+			}
+			if len(own) == 0 {
+				return
+			}
+			for k := range tokens {
+				a := own[k%len(own)]
 				var req *http.Request
-				if added[a] {
+				if added[c][a] {
 					host, port, _ := net.SplitHostPort(a)
 					req, _ = http.NewRequest("DELETE", admin+"/servers/"+host+"/"+port, nil)
 				} else {
@@ -345,9 +411,9 @@ func measureChurn(admin, proxy string, spare []string, rate int, window time.Dur
 				}
 				res, err := client.Do(req)
 				if err != nil || res.StatusCode >= 300 {
-					failed.Add(1)
+					fails.Add(1)
 				} else {
-					added[a] = !added[a]
+					added[c][a] = !added[c][a]
 				}
 				if res != nil {
 					io.Copy(io.Discard, res.Body)
@@ -358,19 +424,24 @@ func measureChurn(admin, proxy string, spare []string, rate int, window time.Dur
 		}()
 	}
 	start := time.Now()
-	busy, err := wrk(proxy, window)
+	if proxy != "" {
+		reqs, err = wrk(proxy, window)
+	} else {
+		time.Sleep(window)
+	}
 	took := time.Since(start)
 	close(stop)
 	wg.Wait()
-	if err != nil {
-		return err
+	return reqs, float64(done.Load()) / took.Seconds(), fails.Load(), err
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
 	}
-	after := histogram(admin)
-	p50, p99, n := quantiles(before, after)
-	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tpool update p50\tp99 (≤ bucket)\tsamples\n")
-	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%s\t%s\t%d\n", 10000, quiet, busy, busy/quiet,
-		float64(done.Load())/took.Seconds(), failed.Load(), p50, p99, n)
-	return nil
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // wrk runs wrk -t2 -c64 against url and returns requests per second.
@@ -441,3 +512,15 @@ func quantiles(before, after map[string]float64) (p50, p99 string, n int) {
 	}
 	return p50, p99, int(total)
 }
+
+// treeTicks returns the CPU ticks used by pid and its children.
+func treeTicks(pid int) int64 {
+	t := cpuTicks(pid)
+	for _, c := range children(pid) {
+		t += cpuTicks(c)
+	}
+	return t
+}
+
+// hz is USER_HZ on Linux, the unit of /proc/PID/stat's times.
+const hz = 100
