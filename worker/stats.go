@@ -133,6 +133,7 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 	var acked uint64
 	trimmed := false // memory given back since the last traffic
 	var lastTrim time.Time
+	version := w.applied.Load() // pool changes count as activity too
 	for {
 		select {
 		case <-ctx.Done():
@@ -149,12 +150,17 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 			if err != nil {
 				return err
 			}
+			if v := w.applied.Load(); v != version {
+				busy, version = true, v
+			}
 			switch {
 			case busy:
 				trimmed = false
 			case !trimmed && now.Sub(lastTrim) >= minTrimGap:
-				// Quiet after start-up or traffic: give back what they
-				// grew now rather than over minutes.
+				// Quiet (no request, no pool change) after start-up or
+				// activity: give back what they grew now rather than over
+				// minutes. Not while busy: the collections would hold up
+				// requests and pool changes on the worker's one processor.
 				memtrim.Trim()
 				trimmed, lastTrim = true, now
 			}
