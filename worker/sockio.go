@@ -49,35 +49,37 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
-	err := s.raw.Read(s.readFn)
+	err := s.result("read", s.raw.Read(s.readFn))
 	s.p = nil
 	switch {
 	case err != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: err}
-	case s.errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", s.errno)}
+		return 0, err
 	case s.n == 0:
 		return 0, io.EOF
 	}
 	return s.n, nil
 }
 
+// result returns the error of a call as net.Conn would: the poller's
+// (deadline, closed) or the system call's, as a *net.OpError naming op.
+func (s *sockIO) result(op string, err error) error {
+	if err == nil && s.errno != 0 {
+		err = os.NewSyscallError(op, s.errno)
+	}
+	if err == nil {
+		return nil
+	}
+	return &net.OpError{Op: op, Net: "tcp", Err: err}
+}
+
 // doRead makes one read; false asks the poller to wait for data.
 func (s *sockIO) doRead(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.p))), uintptr(len(s.p)))
-		switch e {
-		case 0:
-			s.n = int(r)
-			return true
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return false
-		default:
-			s.errno = e
-			return true
-		}
+	n, again, e := rawRW(syscall.SYS_READ, fd, s.p)
+	if again {
+		return false
 	}
+	s.n, s.errno = n, e
+	return true
 }
 
 func (s *sockIO) Write(p []byte) (int, error) {
@@ -85,34 +87,42 @@ func (s *sockIO) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
-	err := s.raw.Write(s.writeFn)
-	n := s.n
+	err := s.result("write", s.raw.Write(s.writeFn))
 	s.p = nil
-	switch {
-	case err != nil:
-		return n, &net.OpError{Op: "write", Net: "tcp", Err: err}
-	case s.errno != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", s.errno)}
-	}
-	return n, nil
+	return s.n, err
 }
 
 // doWrite writes all of s.p; false asks the poller to wait for room.
 func (s *sockIO) doWrite(fd uintptr) bool {
 	for s.n < len(s.p) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.p[s.n])), uintptr(len(s.p)-s.n))
-		switch e {
-		case 0:
-			s.n += int(r)
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		n, again, e := rawRW(syscall.SYS_WRITE, fd, s.p[s.n:])
+		if again {
 			return false
-		default:
+		}
+		if e != 0 {
 			s.errno = e
 			return true
 		}
+		s.n += n
 	}
 	return true
+}
+
+// rawRW makes the read or write system call trap on p, again on EINTR.
+// again reports EAGAIN: nothing to read, or no room to write, yet.
+func rawRW(trap, fd uintptr, p []byte) (n int, again bool, errno syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		switch e {
+		case 0:
+			return int(r), false, 0
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return 0, true, 0
+		default:
+			return 0, false, e
+		}
+	}
 }
 
 // peekRaw peeks at one byte without blocking and without telling the
