@@ -1029,3 +1029,66 @@ func TestHeaderLimits(t *testing.T) {
 		t.Errorf("an oversized request reached the backend")
 	}
 }
+
+// The response header timeout bounds the wait for the head only: a body
+// that takes longer streams through, and a kept-alive connection whose
+// deadline passed while it was idle serves the next request.
+func TestResponseHeaderTimeoutBoundsTheHeadOnly(t *testing.T) {
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			w.Header().Set("Content-Length", "10")
+			w.Write([]byte("hello"))
+			w.(http.Flusher).Flush()
+			time.Sleep(400 * time.Millisecond)
+			w.Write([]byte("world"))
+			return
+		}
+		w.Write([]byte("quick"))
+	})
+	set := testSettings()
+	set.ResponseHeaderTimeout = 200 * time.Millisecond
+	h := startWorker(t, set, s)
+	if code, body := h.get(t, "/stream"); code != http.StatusOK || body != "helloworld" {
+		t.Errorf("GET /stream = %d %q, want 200 \"helloworld\"", code, body)
+	}
+	for i := range 3 {
+		if code, body := h.get(t, "/quick"); code != http.StatusOK || body != "quick" {
+			t.Errorf("GET /quick #%d = %d %q, want 200 \"quick\"", i+1, code, body)
+		}
+		time.Sleep(300 * time.Millisecond) // past the last exchange's deadline
+	}
+	sum := h.finish(t)
+	checkClients(t, sum, 4, 0)
+}
+
+// A request body is read without the idle or header deadlines, however
+// long it takes, when its head arrived whole.
+func TestSlowBodyOutlastsIdleTimeout(t *testing.T) {
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	set := testSettings()
+	set.IdleTimeout = 300 * time.Millisecond
+	set.ReadHeaderTimeout = 100 * time.Millisecond
+	h := startWorker(t, set, s)
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello"))
+	time.Sleep(500 * time.Millisecond) // past both timeouts
+	c.Write([]byte("world"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK || string(body) != "helloworld" {
+		t.Fatalf("slow POST = %d %q, want 200 \"helloworld\"", res.StatusCode, body)
+	}
+	h.answered.Add(1)
+	h.finish(t)
+}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"log/slog"
@@ -212,17 +213,34 @@ func (cc *clientConn) serve() {
 			}
 		}
 		cc.acquire()
-		cc.c.SetReadDeadline(time.Now().Add(f.readHeaderTimeout))
+		// A head that arrived whole is parsed without a read, so needs no
+		// deadline: each one set costs a timer update, and this is the
+		// common case.
+		headerDeadline := !headBuffered(cc.br)
+		if headerDeadline {
+			cc.c.SetReadDeadline(time.Now().Add(f.readHeaderTimeout))
+		}
 		err := readRequest(cc.br, &cc.req, f.lim)
 		if err != nil {
 			cc.requestFailed(err)
 			return
 		}
-		cc.c.SetReadDeadline(time.Time{})
+		if headerDeadline || cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil {
+			// The body, or a tunnel, is read without a deadline. Otherwise
+			// nothing is read from the client until the next request, which
+			// sets its own.
+			cc.c.SetReadDeadline(time.Time{})
+		}
 		if !cc.forward() {
 			return
 		}
 	}
+}
+
+// headBuffered reports whether br holds a whole request head.
+func headBuffered(br *bufio.Reader) bool {
+	p, _ := br.Peek(br.Buffered())
+	return bytes.Contains(p, []byte("\r\n\r\n"))
 }
 
 // waitReadable blocks until the connection has data (or EOF, or an error)

@@ -69,6 +69,9 @@ func (s *sockIO) result(op string, err error) error {
 	if err == nil {
 		return nil
 	}
+	if oe, ok := err.(*net.OpError); ok { // the poller's, as "raw-read"
+		return &net.OpError{Op: op, Net: oe.Net, Source: oe.Source, Addr: oe.Addr, Err: oe.Err}
+	}
 	return &net.OpError{Op: op, Net: "tcp", Err: err}
 }
 

@@ -130,3 +130,16 @@ func TestSockIOWriteToReset(t *testing.T) {
 		t.Fatalf("write after reset: %v; want a write error", err)
 	}
 }
+
+// A timeout reads as net.Conn's would, naming the addresses once.
+func TestSockIOErrorText(t *testing.T) {
+	a, _ := tcpPair(t)
+	var s sockIO
+	r := newReadWriter(a, &s)
+	a.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := r.Read(make([]byte, 1))
+	want := "read tcp " + a.LocalAddr().String() + "->" + a.RemoteAddr().String() + ": i/o timeout"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error %q, want %q", err, want)
+	}
+}
