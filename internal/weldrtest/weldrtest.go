@@ -5,6 +5,7 @@ package weldrtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -48,13 +49,21 @@ func goTool() string {
 	return "go"
 }
 
-// FreePort returns a port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a port on 127.0.0.1 that was free a moment ago, for
+// weldr to listen on. It is picked below the kernel's ephemeral range
+// (32768-60999 by default): a port from that range, once given back, may be
+// taken at once as the source port of any outgoing connection on the
+// machine (the tests make thousands), and weldr's listen would then fail.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port on 127.0.0.1 between 20000 and 32000")
+	return 0
 }
