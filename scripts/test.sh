@@ -29,3 +29,7 @@ else
 fi
 go vet ./...
 go test "${race[@]}" -count=1 -timeout 20m "$@" ./...
+# The memory trim reads the executable's own mappings: test it in a
+# position-independent build too (with a RELRO segment), as distributions
+# build Go programs.
+go test -buildmode=pie -count=1 ./internal/memtrim

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"os"
+	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 )
 
@@ -24,9 +26,51 @@ func TestDropColdPages(t *testing.T) {
 	if after >= before {
 		t.Fatalf("resident code and read-only data did not shrink: %d KiB before, %d KiB after", before, after)
 	}
-	// The process goes on working: the code comes back as it runs.
-	if _, err := residentKB(); err != nil {
+	Trim() // and the process goes on working
+}
+
+// A read-only mapping that holds a private copy of a page (as the RELRO
+// segment of a position-independent binary does once relocated) is left
+// alone; a clean one of the same file is dropped.
+func TestDropSkipsMappingsWithPrivateCopies(t *testing.T) {
+	page := os.Getpagesize()
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("a"), 3*page), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	relro, err := syscall.Mmap(int(f.Fd()), 0, 3*page, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(relro)
+	relro[0] = 'b' // a private copy of the first page, as a relocation makes
+	if err := syscall.Mprotect(relro, syscall.PROT_READ); err != nil {
+		t.Fatal(err)
+	}
+	clean, err := syscall.Mmap(int(f.Fd()), 0, 3*page, syscall.PROT_READ, syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(clean)
+	_ = clean[0] + clean[page] // resident
+
+	maps, err := readMappings()
+	if err != nil {
+		t.Skipf("no /proc/self/smaps: %v", err)
+	}
+	if n := drop(maps, path); n != 3*page {
+		t.Errorf("dropped %d bytes, want %d (the clean mapping only)", n, 3*page)
+	}
+	if relro[0] != 'b' {
+		t.Fatalf("the private copy was dropped: reads %q, want 'b'", relro[0])
+	}
+	if clean[0] != 'a' {
+		t.Fatalf("the clean mapping reads %q after the drop, want 'a'", clean[0])
 	}
 }
 
