@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"math"
 	"math/rand/v2"
 	"sort"
 	"sync/atomic"
@@ -137,12 +138,14 @@ func (bl *balancer) pickOne(s *snapshot) *backend {
 		return s.up[sort.SearchInts(s.cum, slot+1)]
 	case LeastConn:
 		// Start where round robin would, so ties spread evenly.
+		// Gone servers are skipped here, not by pick: with no request
+		// in flight they would always look the least loaded.
 		start := int((bl.next.Add(1) - 1) % uint64(n))
-		best := s.up[start]
-		least := best.inflight.Load()
-		for i := 1; i < n && least > 0; i++ {
+		var best *backend
+		least := int64(math.MaxInt64)
+		for i := 0; i < n && least > 0; i++ {
 			b := s.up[(start+i)%n]
-			if c := b.inflight.Load(); c < least {
+			if c := b.inflight.Load(); c < least && !b.gone.Load() {
 				best, least = b, c
 			}
 		}

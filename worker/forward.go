@@ -58,6 +58,7 @@ func (cc *clientConn) forward() bool {
 	// was sent yet.
 	var up *upConn
 	var err error
+	first := b
 	for tries := 1; ; tries++ {
 		b.inflight.Add(1)
 		up, err = f.up.get(b, !hasBody)
@@ -67,7 +68,7 @@ func (cc *clientConn) forward() bool {
 		b.stats.fail(&b.stats.connectFailed)
 		b.inflight.Add(-1)
 		next := s.after(b)
-		if next == nil || tries >= len(s.up) {
+		if next == nil || next == first || tries >= len(s.up) { // each server once
 			w.log.Debug("no server accepted the connection", "last", b.id, "error", err)
 			code, msg := http.StatusBadGateway, msgBadGateway
 			if isTimeout(err) {

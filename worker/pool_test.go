@@ -86,3 +86,51 @@ func TestServerAddedBackAfterRemoval(t *testing.T) {
 		t.Fatalf("the server added back got %d of 40 picks, want 10", n)
 	}
 }
+
+// least_conn skips a gone server even though, with nothing in flight, it
+// looks the least loaded of all.
+func TestLeastConnSkipsGoneWhenAllAreBusy(t *testing.T) {
+	w := testWorker(LeastConn, 16)
+	gone := "10.0.0.1:1000"
+	w.apply(&ipc.Message{Kind: ipc.RemoveServer, ID: gone, Version: 2})
+	s := w.snap.Load()
+	if len(s.up) != 16 {
+		t.Fatalf("%d servers listed, want the gone one still listed (16)", len(s.up))
+	}
+	for _, b := range s.up {
+		if !b.gone.Load() {
+			b.inflight.Store(1)
+		}
+	}
+	for range 100 {
+		if b := w.balancer.pick(s); b == nil || b.id == gone {
+			t.Fatalf("picked %v with 15 servers up and busy", b)
+		}
+	}
+}
+
+// A weight change replaces the server in place: it is listed once, and
+// once removed it gets nothing.
+func TestWeightChangeReplacesTheServer(t *testing.T) {
+	w := testWorker(RoundRobin, 4)
+	id := "10.0.0.1:1001"
+	w.apply(&ipc.Message{Kind: ipc.AddServer, Servers: ipc.Servers{{ID: id, URL: "http://" + id, Weight: 7}}, Version: 2})
+	n := 0
+	for _, b := range w.servers {
+		if b.id == id {
+			n++
+			if b.weight != 7 {
+				t.Errorf("weight %d, want 7", b.weight)
+			}
+		}
+	}
+	if n != 1 || len(w.servers) != 4 {
+		t.Fatalf("%d entries for the server, %d in all; want 1 and 4", n, len(w.servers))
+	}
+	w.apply(&ipc.Message{Kind: ipc.RemoveServer, ID: id, Version: 3})
+	for range 40 {
+		if b := w.balancer.pick(w.snap.Load()); b.id == id {
+			t.Fatal("a removed server was picked")
+		}
+	}
+}

@@ -1092,3 +1092,28 @@ func TestSlowBodyOutlastsIdleTimeout(t *testing.T) {
 	h.answered.Add(1)
 	h.finish(t)
 }
+
+// After refused connections a request tries each server that is up once,
+// removed servers still listed (not yet compacted) included in none.
+func TestRetriesTryEachLiveServerOnce(t *testing.T) {
+	var servers []ipc.Server
+	for range 16 {
+		servers = append(servers, refusing(t))
+	}
+	h := startWorker(t, testSettings(), servers...)
+	h.send(t, ipc.Message{Kind: ipc.RemoveServer, ID: servers[0].ID, Version: 100})
+	h.send(t, ipc.Message{Kind: ipc.RemoveServer, ID: servers[1].ID, Version: 101})
+	h.waitApplied(t, 101)
+	res, err := h.client.Get(h.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusBadGateway {
+		t.Errorf("GET / = %d, want 502", res.StatusCode)
+	}
+	sum := h.finish(t)
+	for _, s := range servers[2:] {
+		checkServer(t, sum, ipc.ServerStats{ID: s.ID, Failed: 1, ConnectFailed: 1})
+	}
+}

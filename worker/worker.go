@@ -199,8 +199,9 @@ func (w *worker) change(m *ipc.Message) {
 		}
 	case ipc.AddServer:
 		s := m.Servers[0]
+		i := w.index(s.ID) // before upsert, which may replace the backend
 		b := w.upsert(s)
-		if i := w.index(s.ID); i >= 0 {
+		if i >= 0 {
 			w.servers = slices.Clone(w.servers) // published snapshots hold the old one
 			w.servers[i] = b
 		} else {

@@ -102,6 +102,7 @@ type harness struct {
 	mu         sync.Mutex // guards reports and unexpected
 	reports    []ipc.Stats
 	unexpected []ipc.Kind
+	applied    uint64        // the last pool version the worker acknowledged
 	reading    bool          // statsReader was started
 	readerDone chan struct{} // closed when statsReader got an error (EOF once Run closed the pipe)
 }
@@ -183,9 +184,12 @@ func (h *harness) statsReader() {
 			return
 		}
 		h.mu.Lock()
-		if m.Kind == ipc.ReportStats {
+		switch m.Kind {
+		case ipc.ReportStats:
 			h.reports = append(h.reports, *m.Stats)
-		} else {
+		case ipc.Applied:
+			h.applied = max(h.applied, m.Version)
+		default:
 			h.unexpected = append(h.unexpected, m.Kind)
 		}
 		h.mu.Unlock()
@@ -237,6 +241,22 @@ func (h *harness) mustReturn(t *testing.T) {
 }
 
 // send sends m to the worker as its manager.
+// waitApplied waits until the worker acknowledged pool version v.
+func (h *harness) waitApplied(t *testing.T, v uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(waitLimit); ; time.Sleep(5 * time.Millisecond) {
+		h.mu.Lock()
+		got := h.applied
+		h.mu.Unlock()
+		if got >= v {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not acknowledge pool version %d (last: %d)", v, got)
+		}
+	}
+}
+
 func (h *harness) send(t *testing.T, m ipc.Message) {
 	t.Helper()
 	if err := h.mgr.Send(&m); err != nil {
