@@ -531,8 +531,8 @@ func (cc *clientConn) tunnel(up *upConn, b *backend, start time.Time) {
 	// The drain closes this connection at its deadline like any other.
 
 	done := make(chan struct{}, 2)
-	go func() { up.br.WriteTo(cc.c); done <- struct{}{} }()
-	go func() { cc.br.WriteTo(up.c); done <- struct{}{} }()
+	go func() { pump(cc.c, up.br, up.c); done <- struct{}{} }()
+	go func() { pump(up.c, cc.br, cc.c); done <- struct{}{} }()
 	<-done
 	// One side finished: closing both ends the other copy, which is waited
 	// for so that no goroutine outlives the connection.
@@ -576,4 +576,18 @@ func isTimeout(err error) bool {
 func isStale(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// pump copies to dst what br holds, then src until it ends: socket to
+// socket, so that TCP connections splice (br reads through sockIO, which
+// cannot).
+func pump(dst net.Conn, br *bufio.Reader, src net.Conn) {
+	if n := br.Buffered(); n > 0 {
+		p, _ := br.Peek(n)
+		if _, err := dst.Write(p); err != nil {
+			return
+		}
+		br.Discard(n)
+	}
+	io.Copy(dst, src)
 }

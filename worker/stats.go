@@ -156,7 +156,7 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 			switch {
 			case busy:
 				trimmed = false
-			case !trimmed && now.Sub(lastTrim) >= minTrimGap:
+			case !trimmed && now.Sub(lastTrim) >= minTrimGap && !w.inFlight():
 				// Quiet (no request, no pool change) after start-up or
 				// activity: give back what they grew now rather than over
 				// minutes. Not while busy: the collections would hold up
@@ -166,6 +166,19 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 			}
 		}
 	}
+}
+
+// inFlight reports whether a request is under way: a long download or a
+// tunnel finishes no request for a while, but the worker is not idle.
+func (w *worker) inFlight() bool {
+	if s := w.snap.Load(); s != nil {
+		for _, b := range s.all {
+			if b.inflight.Load() > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (w *worker) report(conn *ipc.Conn) error {
