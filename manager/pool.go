@@ -45,8 +45,7 @@ type Pool struct {
 	// order is the servers in the order they were added, and some removed
 	// ones (at most as many as are in): removing from the middle of 10,000
 	// entries at every DELETE would make a burst of them quadratic.
-	order   []*Server
-	removed int // removed servers still in order
+	order []*Server
 }
 
 // NewPool returns an empty pool.
@@ -81,9 +80,8 @@ func (p *Pool) Remove(id string) (removed bool, msgs []*ipc.Message) {
 	}
 	p.servers[id].removed = true
 	delete(p.servers, id)
-	if p.removed++; p.removed > len(p.servers) {
+	if removed := len(p.order) - len(p.servers); removed > len(p.servers) {
 		p.order = slices.DeleteFunc(p.order, func(s *Server) bool { return s.removed })
-		p.removed = 0
 	}
 	return true, []*ipc.Message{{Kind: ipc.RemoveServer, ID: id}}
 }
@@ -125,10 +123,8 @@ func (p *Pool) All() iter.Seq[*Server] {
 // List returns copies of all servers in the order they were added.
 func (p *Pool) List() []Server {
 	out := make([]Server, 0, len(p.servers))
-	for _, s := range p.order {
-		if !s.removed {
-			out = append(out, *s)
-		}
+	for s := range p.All() {
+		out = append(out, *s)
 	}
 	return out
 }
@@ -136,10 +132,8 @@ func (p *Pool) List() []Server {
 // Snapshot returns the message that gives a worker the whole pool.
 func (p *Pool) Snapshot(settings *ipc.Settings) *ipc.Message {
 	m := &ipc.Message{Kind: ipc.Snapshot, Settings: settings, Servers: make(ipc.Servers, 0, len(p.servers))}
-	for _, s := range p.order {
-		if !s.removed {
-			m.Servers = append(m.Servers, s.ipc())
-		}
+	for s := range p.All() {
+		m.Servers = append(m.Servers, s.ipc())
 	}
 	return m
 }

@@ -140,9 +140,9 @@ func (cc *clientConn) readFinalResponse(up *upConn) error {
 	f, res := cc.f, &cc.res
 	if t := f.up.responseHeaderTimeout; t > 0 {
 		// Cleared by relayResponse or tunnel only if they read more: a
-		// deadline costs a timer update each time it is set.
+		// deadline costs a timer update each time it is set. A pooled
+		// connection keeps it until its next exchange sets its own.
 		up.c.SetReadDeadline(time.Now().Add(t))
-		up.deadline = true
 	}
 	for range maxInterim {
 		if err := readResponse(up.br, res, f.lim); err != nil {
@@ -222,11 +222,10 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	bw.WriteString("\r\n")
 	head := bw.Buffered() - flushed
 
-	if up.deadline && !(mode == bodyNone || mode == bodyFixed && int64(up.br.Buffered()) >= res.contentLength) {
+	if f.up.responseHeaderTimeout > 0 && !(mode == bodyNone || mode == bodyFixed && int64(up.br.Buffered()) >= res.contentLength) {
 		// The body is not all here: the response header timeout does not
 		// bound its reading.
 		up.c.SetReadDeadline(time.Time{})
-		up.deadline = false
 	}
 	var n int64
 	var err error
@@ -510,7 +509,7 @@ func hasConnectionToken(m *message, token string) bool {
 func (cc *clientConn) tunnel(up *upConn, b *backend, start time.Time) {
 	w, res := cc.f.w, &cc.res
 	defer up.c.Close()
-	if up.deadline {
+	if cc.f.up.responseHeaderTimeout > 0 {
 		up.c.SetReadDeadline(time.Time{})
 	}
 

@@ -56,10 +56,7 @@ type upConn struct {
 	br     *bufio.Reader // nil while idle
 	bw     *bufio.Writer // nil while idle
 	reused bool          // it carried a request before: the server may have closed it
-	// deadline: a read deadline may be set (the response header timeout
-	// of the last exchange); the next exchange sets its own before reading.
-	deadline bool
-	idleAt   time.Time // when it was put back
+	idleAt time.Time     // when it was put back
 }
 
 // connPool is a backend's idle connections, most recently used on top.

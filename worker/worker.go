@@ -34,8 +34,7 @@ type worker struct {
 
 	// The pool as the manager described it; only poolUpdates touches these.
 	version uint64     // of the changes applied to servers and down
-	servers []*backend // including gone ones, until compacted
-	gone    int        // gone servers in servers
+	servers []*backend // including gone ones (not in byID), until compacted
 	byID    map[string]*backend
 	down    map[string]bool
 }
@@ -181,7 +180,7 @@ func (w *worker) change(m *ipc.Message) {
 	switch m.Kind {
 	case ipc.Snapshot:
 		keep := make(map[string]bool, len(m.Servers))
-		w.servers, w.gone = nil, 0 // a new array: published snapshots keep the old one
+		w.servers = nil // a new array: published snapshots keep the old one
 		clear(w.down)
 		for _, s := range m.Servers {
 			keep[s.ID] = true
@@ -221,9 +220,8 @@ func (w *worker) change(m *ipc.Message) {
 			w.stats.retire(b)
 			delete(w.byID, m.ID)
 			delete(w.down, m.ID)
-			if w.gone++; w.gone > len(w.servers)/8 {
+			if gone := len(w.servers) - len(w.byID); gone > len(w.servers)/8 {
 				w.servers = slices.DeleteFunc(slices.Clone(w.servers), func(b *backend) bool { return b.gone.Load() })
-				w.gone = 0
 			}
 		}
 	case ipc.MarkServerDown:
