@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +29,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 func main() {
@@ -234,20 +235,14 @@ func serveOrigins(n int) {
 	}
 }
 
+// freePort returns a loopback port for weldr to listen on (see
+// weldrtest.LoopbackPort).
 func freePort() int {
-	// Below the ephemeral range (32768-60999 by default), where the 10,000
-	// origins and their checks' connections take ports and may take a port
-	// picked here before weldr binds it.
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			ln.Close()
-			return port
-		}
+	port, err := weldrtest.LoopbackPort()
+	if err != nil {
+		log.Fatal(err)
 	}
-	log.Fatal("no free port between 20000 and 32000")
-	return 0
+	return port
 }
 
 // cpuTicks returns utime+stime of pid in clock ticks.

@@ -1,9 +1,10 @@
 // Package weldrtest holds what the tests that drive weldr as a real
 // process share: building the binary once per test package, and free
-// loopback ports.
+// loopback ports (which the benchmarks use too).
 package weldrtest
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -56,14 +57,22 @@ func goTool() string {
 // machine (the tests make thousands), and weldr's listen would then fail.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	port, err := LoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// LoopbackPort is FreePort for programs (the benchmarks), with an error.
+func LoopbackPort() (int, error) {
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			ln.Close()
-			return port
+			return port, nil
 		}
 	}
-	t.Fatal("no free port on 127.0.0.1 between 20000 and 32000")
-	return 0
+	return 0, errors.New("no free port on 127.0.0.1 between 20000 and 32000")
 }
