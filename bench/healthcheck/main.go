@@ -158,7 +158,7 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	time.Sleep(settle)
 
 	if churn > 0 {
-		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), cmd.Process.Pid, spare, churn, clients, rounds, measure)
+		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), cmd.Process.Pid, servers, spare, churn, clients, rounds, measure)
 	}
 	pid := cmd.Process.Pid
 	cpu0, checks0, t0 := cpuTicks(pid), totalChecks(procs), time.Now()
@@ -303,7 +303,7 @@ func children(pid int) []int {
 // clients. It reports the median throughputs and their ratio, the mutation
 // rate achieved, the CPU weldr's processes used per window, and the pool
 // update latency weldr measured over all churn windows.
-func measureChurn(admin, proxy string, pid int, spare []string, rate, clients, rounds int, window time.Duration) error {
+func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, clients, rounds int, window time.Duration) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("-churn needs wrk: %w", err)
 	}
@@ -347,7 +347,7 @@ func measureChurn(admin, proxy string, pid int, spare []string, rate, clients, r
 	}
 	p50, p99, n := quantiles(before, histogram(admin))
 	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\n")
-	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\n", 10000, median(quiet), median(busy), median(ratio),
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
 		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n)
 	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
 	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an)
