@@ -783,7 +783,10 @@ func TestRemovedServerStatsKeepInFlightRequests(t *testing.T) {
 	res := h.getAsync("/slow") // round robin: the first request goes to a
 	so.waitArrived(t)
 
-	h.send(t, ipc.Message{Kind: ipc.RemoveServer, ID: so.server.ID})
+	// Wait for the acknowledgement, not only for routing to show it: probes
+	// sent before the removal applied would reach a and count as its successes.
+	h.send(t, ipc.Message{Kind: ipc.RemoveServer, ID: so.server.ID, Version: 100})
+	h.waitApplied(t, 100)
 	h.waitRouting(t, "b")
 	// A report taken after the removal: a's last counts are reported then.
 	h.waitTotals(t, "a report after the removal", func(s totals) bool {
