@@ -61,8 +61,11 @@ func (cc *clientConn) forward() bool {
 	first := b
 	for tries := 1; ; tries++ {
 		b.inflight.Add(1)
-		up, err = f.up.get(b, !hasBody)
-		if err == nil {
+		if up = f.up.idle(b, !hasBody); up != nil {
+			break
+		}
+		cc.flushHeld() // connecting may take a while
+		if up, err = f.up.dial(b); err == nil {
 			break
 		}
 		b.stats.fail(&b.stats.connectFailed)
@@ -102,6 +105,7 @@ func (cc *clientConn) forward() bool {
 		// any byte of an answer: try once on a new one if the request can
 		// be sent again (no body was consumed).
 		if up.reused && attempt == 0 && !hasBody && res.headBytes == 0 && isStale(err) {
+			cc.flushHeld()
 			if up, err = f.up.dial(b); err == nil {
 				continue
 			}
@@ -138,7 +142,13 @@ func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBod
 // interim (1xx) responses, within the response header timeout.
 func (cc *clientConn) readFinalResponse(up *upConn) error {
 	f, res := cc.f, &cc.res
-	if t := f.up.responseHeaderTimeout; t > 0 {
+	t := f.up.responseHeaderTimeout
+	if cc.bw.Buffered() > 0 && up.br.Buffered() == 0 {
+		if err := cc.awaitHolding(up, t); err != nil {
+			res.reset()
+			return err
+		}
+	} else if t > 0 {
 		// Cleared by relayResponse or tunnel only if they read more: a
 		// deadline costs a timer update each time it is set. A pooled
 		// connection keeps it until its next exchange sets its own.
@@ -161,6 +171,31 @@ func (cc *clientConn) readFinalResponse(up *upConn) error {
 		}
 	}
 	return errors.New("too many interim responses")
+}
+
+// awaitHolding waits for the first byte of the backend's answer while
+// answers to earlier pipelined requests are held back (see relayResponse),
+// for at most the front end's hold: past it, they go out and the wait goes
+// on. It leaves the read deadline of the response header timeout t.
+func (cc *clientConn) awaitHolding(up *upConn, t time.Duration) error {
+	start := time.Now()
+	hold := cc.f.hold
+	if t > 0 {
+		hold = min(hold, t)
+	}
+	up.c.SetReadDeadline(start.Add(hold))
+	_, err := up.br.Peek(1)
+	if isTimeout(err) {
+		cc.flushHeld()
+	} else if err != nil {
+		return err
+	}
+	var d time.Time
+	if t > 0 {
+		d = start.Add(t)
+	}
+	up.c.SetReadDeadline(d)
+	return nil
 }
 
 // sendBody forwards the request body, re-framed, then flushes.
@@ -198,6 +233,12 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	}
 
 	bw := cc.bw
+	bodyHere := mode == bodyNone || mode == bodyFixed && int64(up.br.Buffered()) >= res.contentLength
+	if !bodyHere {
+		// Held answers do not wait on this body, and a backend that fails
+		// before its first byte can still be answered with a clean 502.
+		cc.flushHeld()
+	}
 	flushed := bw.Buffered() // 0: the previous answer went out whole
 	writeStatusLine(bw, res.status, res.reason)
 	cc.writeResponseHeaders(res)
@@ -222,7 +263,7 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	bw.WriteString("\r\n")
 	head := bw.Buffered() - flushed
 
-	if f.up.responseHeaderTimeout > 0 && !(mode == bodyNone || mode == bodyFixed && int64(up.br.Buffered()) >= res.contentLength) {
+	if f.up.responseHeaderTimeout > 0 && !bodyHere {
 		// The body is not all here: the response header timeout does not
 		// bound its reading.
 		up.c.SetReadDeadline(time.Time{})
@@ -237,7 +278,11 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	case bodyUntilClose:
 		n, err = copyUntilClose(bw, up.br, rechunk)
 	}
-	if err == nil {
+	// When the next request of a pipelining client is here whole, this
+	// answer is held: it waits in the buffer and goes out with the next
+	// ones, one write for all instead of one each (flushHeld's callers say
+	// when held answers go out).
+	if err == nil && !(keep && headBuffered(cc.br)) {
 		err = bw.Flush()
 	}
 	var se *srcError

@@ -65,10 +65,10 @@ type connPool struct {
 	idle []*upConn
 }
 
-// get returns an idle connection to b that still looks open, or dials one.
-// A connection idle for less than freshIdle is checked only when the
-// request cannot be sent again (replayable false: it has a body).
-func (u *upstreams) get(b *backend, replayable bool) (*upConn, error) {
+// idle returns an idle connection to b that still looks open, or nil. A
+// connection idle for less than freshIdle is checked only when the request
+// cannot be sent again (replayable false: it has a body).
+func (u *upstreams) idle(b *backend, replayable bool) *upConn {
 	now := time.Now()
 	for {
 		b.pool.mu.Lock()
@@ -84,11 +84,11 @@ func (u *upstreams) get(b *backend, replayable bool) (*upConn, error) {
 		if idle := now.Sub(uc.idleAt); idle < upIdleTimeout && (replayable && idle < freshIdle || uc.open()) {
 			uc.reused = true
 			u.acquire(uc)
-			return uc, nil
+			return uc
 		}
 		uc.c.Close()
 	}
-	return u.dial(b)
+	return nil
 }
 
 // put keeps uc for reuse, or closes it when the pool is full or its

@@ -43,7 +43,10 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 			t.Fatalf("echo: %q, %v; want %q", got, err, msg)
 		}
 	}
-	uc, err := u.get(b, true)
+	if u.idle(b, true) != nil {
+		t.Fatal("an idle connection before any was put back")
+	}
+	uc, err := u.dial(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,10 +58,7 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 	if idle := b.pool.idle[0]; idle.br != nil || idle.bw != nil {
 		t.Fatal("an idle connection kept its buffers")
 	}
-	again, err := u.get(b, false) // checked with a peek: still open
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := u.idle(b, false) // checked with a peek: still open
 	if again != uc || !again.reused {
 		t.Fatal("the idle connection was not reused")
 	}
