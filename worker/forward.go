@@ -64,7 +64,11 @@ func (cc *clientConn) forward() bool {
 		if up = f.up.idle(b, !hasBody); up != nil {
 			break
 		}
-		cc.flushHeld() // connecting may take a while
+		if cc.flushHeld() != nil { // before connecting, which may take a while
+			b.inflight.Add(-1)
+			w.stats.clientFailed.Add(1) // gone: nothing was sent
+			return false
+		}
 		if up, err = f.up.dial(b); err == nil {
 			break
 		}
@@ -127,6 +131,7 @@ func (cc *clientConn) forward() bool {
 // exchange sends the request on up and reads the answer's head. inBody
 // reports a failure while forwarding the request body.
 func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBody bool) (err error, inBody bool) {
+	cc.res.reset() // no byte of an answer yet, for forward's retry
 	cc.writeRequestHead(up.bw, b, path, host)
 	if hasBody {
 		if err := cc.sendBody(up); err != nil {
@@ -145,7 +150,6 @@ func (cc *clientConn) readFinalResponse(up *upConn) error {
 	t := f.up.responseHeaderTimeout
 	if cc.bw.Buffered() > 0 && up.br.Buffered() == 0 {
 		if err := cc.awaitHolding(up, t); err != nil {
-			res.reset()
 			return err
 		}
 	} else if t > 0 {
@@ -161,6 +165,7 @@ func (cc *clientConn) readFinalResponse(up *upConn) error {
 		if res.status >= 200 || res.status == http.StatusSwitchingProtocols {
 			return nil
 		}
+		cc.flushHeld() // the final answer may be long in coming
 		// 100 Continue was answered by weldr already; other interim
 		// answers (103 Early Hints) go to HTTP/1.1 clients.
 		if res.status != http.StatusContinue && cc.req.minor == 1 {
@@ -282,7 +287,11 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	// answer is held: it waits in the buffer and goes out with the next
 	// ones, one write for all instead of one each (flushHeld's callers say
 	// when held answers go out).
-	if err == nil && !(keep && headBuffered(cc.br)) {
+	switch {
+	case err != nil:
+	case keep && headBuffered(cc.br):
+		err = writeErr(bw) // a client gone since an earlier write
+	default:
 		err = bw.Flush()
 	}
 	var se *srcError

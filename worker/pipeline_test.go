@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,4 +123,61 @@ func TestPipelinedAnswersGoOutBeforeConnecting(t *testing.T) {
 	readAnswer(t, br, "the answer to the first request, while the second waits on a new connection's backend", "a")
 	so.free()
 	readAnswer(t, br, "the answer to the slow request", "b")
+}
+
+// An interim answer (100, dropped) does not hold the earlier answers until
+// the final one.
+func TestPipelinedAnswersGoOutAfterInterim(t *testing.T) {
+	set := holdFor(t, waitLimit)
+	release := make(chan struct{})
+	defer close(release)
+	s := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/slow" {
+				io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+				<-release
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+		}
+	})
+	h := startWorker(t, set, s)
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	readAnswer(t, br, "the answer to the first request, while the second has only its 100", "a")
+	release <- struct{}{}
+	readAnswer(t, br, "the answer to the slow request", "a")
+}
+
+// A client that resets its connection in the middle of a pipeline: weldr
+// stops forwarding its requests once a write of held answers fails, not
+// after all it had read.
+func TestPipelinedClientGoneStopsForwarding(t *testing.T) {
+	set := holdFor(t, waitLimit)
+	var forwarded atomic.Int64
+	release := make(chan struct{})
+	big := strings.Repeat("x", 1000) // each answer's head is over 1 KiB
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		forwarded.Add(1)
+		if r.URL.Path == "/first" {
+			<-release
+		}
+		w.Header().Set("X-Big", big)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	h := startWorker(t, set, s)
+	c, _ := dialRaw(t, h)
+	const n = 500 // about 14 KiB of requests: all read at once
+	io.WriteString(c, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n"+strings.Repeat("GET / HTTP/1.1\r\nHost: x\r\n\r\n", n))
+	waitFor(t, "the first request at the backend", func() bool { return forwarded.Load() == 1 })
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset
+	close(release)
+	h.waitTotals(t, "a failed client", func(s totals) bool { return s.clientFailed >= 1 })
+	if got := forwarded.Load(); got > 100 {
+		t.Errorf("the backend got %d of the %d requests, the client having reset its connection after the first; want about one buffer of answers' worth (16 KiB, about 15)", got, n+1)
+	}
 }

@@ -1117,3 +1117,37 @@ func TestRetriesTryEachLiveServerOnce(t *testing.T) {
 		checkServer(t, sum, ipc.ServerStats{ID: s.ID, Failed: 1, ConnectFailed: 1})
 	}
 }
+
+// A kept-alive backend connection the server closed while it sat idle
+// fails on reuse: at the first read (closed) or already at the write
+// (reset). Either way the bodyless request goes again on a new connection,
+// also when it is not the first on its client connection.
+func TestStaleBackendConnectionRetried(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reset=%v", reset), func(t *testing.T) {
+			closed := make(chan struct{}, 4)
+			s := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				if reset {
+					c.(*net.TCPConn).SetLinger(0)
+				}
+				c.Close() // without saying so
+				closed <- struct{}{}
+			})
+			h := startWorker(t, testSettings(), s)
+			for i := range 2 {
+				if code, body := h.get(t, "/"); code != http.StatusOK || body != "ok" {
+					t.Fatalf("request %d on one client connection = %d %q, want 200 \"ok\"", i+1, code, body)
+				}
+				select {
+				case <-closed:
+				case <-time.After(waitLimit):
+					t.Fatal("the backend did not close its connection")
+				}
+			}
+		})
+	}
+}

@@ -203,7 +203,9 @@ func (cc *clientConn) serve() {
 	f := cc.f
 	for {
 		if cc.br == nil || cc.br.Buffered() == 0 {
-			cc.flushHeld() // nothing held waits on the client
+			if cc.flushHeld() != nil { // nothing held waits on the client
+				return
+			}
 			cc.idle.Store(true)
 			cc.c.SetReadDeadline(time.Now().Add(f.idleTimeout))
 			var err error
@@ -238,7 +240,10 @@ func (cc *clientConn) serve() {
 		if cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil {
 			// The client may wait for the answers held for its earlier
 			// requests before it sends the body or starts the tunnel.
-			cc.flushHeld()
+			if cc.flushHeld() != nil {
+				cc.f.w.stats.clientFailed.Add(1)
+				return
+			}
 		}
 		if headerDeadline || cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil {
 			// The body, or a tunnel, is read without a deadline. Otherwise
@@ -253,11 +258,20 @@ func (cc *clientConn) serve() {
 }
 
 // flushHeld sends the answers held back for pipelined requests, if any
-// (see relayResponse). A failed write sticks in bw: the next answer fails.
-func (cc *clientConn) flushHeld() {
+// (see relayResponse). Its error sticks in bw: callers that go on anyway
+// fail at the answer's next write, or at writeErr.
+func (cc *clientConn) flushHeld() error {
 	if cc.bw != nil && cc.bw.Buffered() > 0 {
-		cc.bw.Flush()
+		return cc.bw.Flush()
 	}
+	return nil
+}
+
+// writeErr returns the error bw met writing to its connection, if any: a
+// bufio.Writer keeps it, and an empty write returns it.
+func writeErr(bw *bufio.Writer) error {
+	_, err := bw.Write(nil)
+	return err
 }
 
 // headBuffered reports whether br holds a whole request head.
