@@ -193,7 +193,7 @@ const lightLoad = 256
 // pipelineHold bounds how long answers to pipelined requests are held back
 // while weldr waits on a backend for the next one (see relayResponse): too
 // short to notice, long enough for most answers under load (with wrk
-// pipelining 16 deep on two cores, about one wait in eight ran out).
+// pipelining 16 deep on two cores, 10–15 % of the waits ran out).
 // A variable for the tests.
 var pipelineHold = 2 * time.Millisecond
 
