@@ -286,7 +286,8 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	// When the next request of a pipelining client is here whole, this
 	// answer is held: it waits in the buffer and goes out with the next
 	// ones, one write for all instead of one each (flushHeld's callers say
-	// when held answers go out).
+	// when held answers go out). So an answer is held only while the
+	// client's buffer holds a request: serve never waits idle on one.
 	switch {
 	case err != nil:
 	case keep && headBuffered(cc.br):

@@ -554,12 +554,7 @@ func TestResponsesWithoutBody(t *testing.T) {
 func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	echo, _ := echoOrigin(t)
 	h := startWorker(t, testSettings(), echo)
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitLimit))
+	c, br := dialRaw(t, h)
 	var raw strings.Builder
 	for i := 0; i < 5; i++ {
 		fmt.Fprintf(&raw, "GET /%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
@@ -567,7 +562,6 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	fmt.Fprintf(&raw, "POST /5 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
 	fmt.Fprintf(&raw, "GET /6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	io.WriteString(c, raw.String())
-	br := bufio.NewReader(c)
 	for i := 0; i <= 6; i++ {
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -861,14 +855,8 @@ func upgradeOrigin(t *testing.T) (ipc.Server, *sync.WaitGroup) {
 // dialUpgrade opens a connection through the proxy and switches it to echo.
 func dialUpgrade(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(waitLimit))
+	c, br := dialRaw(t, h)
 	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(c)
 	res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
 	if err != nil {
 		t.Fatalf("reading the upgrade response: %v", err)
@@ -945,13 +933,7 @@ func TestDrainAnswersKeptAliveConnection(t *testing.T) {
 	h := startWorker(t, testSettings(), so.server)
 
 	// A client connection kept alive after one request.
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitLimit))
-	br := bufio.NewReader(c)
+	c, br := dialRaw(t, h)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {

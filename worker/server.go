@@ -203,9 +203,6 @@ func (cc *clientConn) serve() {
 	f := cc.f
 	for {
 		if cc.br == nil || cc.br.Buffered() == 0 {
-			if cc.flushHeld() != nil { // nothing held waits on the client
-				return
-			}
 			cc.idle.Store(true)
 			cc.c.SetReadDeadline(time.Now().Add(f.idleTimeout))
 			var err error
@@ -237,15 +234,14 @@ func (cc *clientConn) serve() {
 			cc.requestFailed(err)
 			return
 		}
-		if cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil {
-			// The client may wait for the answers held for its earlier
-			// requests before it sends the body or starts the tunnel.
-			if cc.flushHeld() != nil {
-				cc.f.w.stats.clientFailed.Add(1)
-				return
-			}
+		readsMore := cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil
+		// The client may wait for the answers held for its earlier requests
+		// before it sends the body or starts the tunnel.
+		if readsMore && cc.flushHeld() != nil {
+			cc.f.w.stats.clientFailed.Add(1)
+			return
 		}
-		if headerDeadline || cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil {
+		if headerDeadline || readsMore {
 			// The body, or a tunnel, is read without a deadline. Otherwise
 			// nothing is read from the client until the next request, which
 			// sets its own.
