@@ -19,7 +19,7 @@ type metrics struct {
 func newMetrics() *metrics {
 	return &metrics{
 		checkDuration: newHistogram(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-		applyDuration: newHistogram(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2),
+		applyDuration: newHistogram(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2),
 	}
 }
 
