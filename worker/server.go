@@ -33,8 +33,7 @@ type frontend struct {
 	maxConns          int           // per worker; 0: no limit
 	preserveHost      bool
 
-	readers sync.Pool // *bufio.Reader of readSize, taken only while a request is read (or a backend connection used)
-	writers sync.Pool // *bufio.Writer
+	bufs *buffers // read buffers of readSize; shared with the backend connections
 
 	mu    sync.Mutex // guards conns
 	conns map[*clientConn]struct{}
@@ -57,9 +56,8 @@ func newFrontend(w *worker, set frontendConfig) *frontend {
 		zero:              make(chan struct{}, 1),
 	}
 	f.readSize = max(16<<10, set.maxRequestLine+2)
-	f.readers.New = func() any { return bufio.NewReaderSize(nil, f.readSize) }
-	f.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
-	f.up.init(set.connectTimeout, set.responseHeaderTimeout, &f.readers, &f.writers)
+	f.bufs = newBuffers(f.readSize)
+	f.up.init(set.connectTimeout, set.responseHeaderTimeout, f.bufs)
 	return f
 }
 
@@ -162,26 +160,59 @@ func (cc *clientConn) close() {
 // keep-alive connections cost a goroutine each and no buffer.
 func (cc *clientConn) acquire() {
 	if cc.br == nil {
-		cc.br = cc.f.readers.Get().(*bufio.Reader)
-		cc.br.Reset(cc.rw)
+		cc.br = cc.f.bufs.reader(cc.rw)
 	}
 	if cc.bw == nil {
-		cc.bw = cc.f.writers.Get().(*bufio.Writer)
-		cc.bw.Reset(cc.rw)
+		cc.bw = cc.f.bufs.writer(cc.rw)
 	}
 }
 
 func (cc *clientConn) release() {
 	if cc.br != nil && cc.br.Buffered() == 0 {
-		cc.br.Reset(nil)
-		cc.f.readers.Put(cc.br)
+		cc.f.bufs.putReader(cc.br)
 		cc.br = nil
 	}
 	if cc.bw != nil && cc.bw.Buffered() == 0 {
-		cc.bw.Reset(nil)
-		cc.f.writers.Put(cc.bw)
+		cc.f.bufs.putWriter(cc.bw)
 		cc.bw = nil
 	}
+}
+
+// buffers pools the buffered readers and writers that client and backend
+// connections hold only while they carry a request.
+type buffers struct {
+	readers, writers sync.Pool
+}
+
+// newBuffers returns pools of readers of readSize and 16 KiB writers.
+func newBuffers(readSize int) *buffers {
+	p := &buffers{}
+	p.readers.New = func() any { return bufio.NewReaderSize(nil, readSize) }
+	p.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	return p
+}
+
+func (p *buffers) reader(r io.Reader) *bufio.Reader {
+	br := p.readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func (p *buffers) writer(w io.Writer) *bufio.Writer {
+	bw := p.writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+// putReader and putWriter take back buffers that hold no byte.
+func (p *buffers) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	p.readers.Put(br)
+}
+
+func (p *buffers) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	p.writers.Put(bw)
 }
 
 // lightLoad is the number of open connections up to which an idle

@@ -16,7 +16,7 @@ import (
 type upstreams struct {
 	dialer                net.Dialer
 	responseHeaderTimeout time.Duration
-	readers, writers      *sync.Pool // the front end's buffers, shared
+	bufs                  *buffers // the front end's, shared
 }
 
 // Idle backend connections: at most maxIdlePerBackend kept per server,
@@ -33,10 +33,10 @@ const (
 // bodyless request that meets one is retried on a new connection anyway.
 const freshIdle = time.Second
 
-func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration, readers, writers *sync.Pool) {
+func (u *upstreams) init(connectTimeout, responseHeaderTimeout time.Duration, bufs *buffers) {
 	u.dialer = net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	u.responseHeaderTimeout = responseHeaderTimeout
-	u.readers, u.writers = readers, writers
+	u.bufs = bufs
 }
 
 // connectError marks a failure to connect to a backend: nothing of the
@@ -150,18 +150,14 @@ func (u *upstreams) dial(b *backend) (*upConn, error) {
 }
 
 func (u *upstreams) acquire(uc *upConn) {
-	uc.br = u.readers.Get().(*bufio.Reader)
-	uc.br.Reset(uc.rw)
-	uc.bw = u.writers.Get().(*bufio.Writer)
-	uc.bw.Reset(uc.rw)
+	uc.br = u.bufs.reader(uc.rw)
+	uc.bw = u.bufs.writer(uc.rw)
 }
 
 // release gives uc's buffers back; both are empty.
 func (u *upstreams) release(uc *upConn) {
-	uc.br.Reset(nil)
-	u.readers.Put(uc.br)
-	uc.bw.Reset(nil)
-	u.writers.Put(uc.bw)
+	u.bufs.putReader(uc.br)
+	u.bufs.putWriter(uc.bw)
 	uc.br, uc.bw = nil, nil
 }
 

@@ -1,10 +1,8 @@
 package worker
 
 import (
-	"bufio"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
@@ -25,11 +23,8 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 		defer c.Close()
 		io.Copy(c, c)
 	}()
-	var readers, writers sync.Pool
-	readers.New = func() any { return bufio.NewReaderSize(nil, 16<<10) }
-	writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
 	var u upstreams
-	u.init(time.Second, time.Second, &readers, &writers)
+	u.init(time.Second, time.Second, newBuffers(16<<10))
 	b := &backend{id: ln.Addr().String(), scheme: "http", weight: 1}
 
 	roundTrip := func(uc *upConn, msg string) {
