@@ -132,8 +132,11 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 		// The manager waits on sockets and timers and uses a fraction of a
 		// core even with 10,000 servers checked every second. With more
 		// than one processor the Go scheduler wakes an idle thread for
-		// every event, and the thread switches cost more than the work:
-		// 0.67 against 0.51 cores for 1,000 pool changes a second.
+		// every event, and the thread switches can cost more than the
+		// work: 10,000 checks a second took 50 % of a core with two
+		// against 41 % with one; 1,000 pool changes a second 0.67 against
+		// 0.51 cores in one comparison, 0.55 against 0.50 (medians) in a
+		// later one (docs/BENCHMARKS.md).
 		runtime.GOMAXPROCS(1)
 	}
 	// Catch SIGHUP before anything else: its default action would kill the
