@@ -55,8 +55,8 @@ func sampleMessages() []Message {
 		{Kind: MarkServerActive, ID: "10.0.0.5:8080"},
 		{Kind: Drain, DrainTimeout: 30 * time.Second},
 		{Kind: Drain},
-		{Kind: Ready, PID: 4242, Version: 7},
-		{Kind: Applied, Version: 1 << 40},
+		{Kind: Ready, PID: 4242, Version: 7, At: 1_234_567_890},
+		{Kind: Applied, Version: 1 << 40, At: 1 << 50},
 		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2,
 			Generated: Generated{BadRequest: 1, BadGateway: 2, ServiceUnavailable: 3, GatewayTimeout: 4},
 			Servers: ServerStatsList{
@@ -156,6 +156,7 @@ func TestRejects(t *testing.T) {
 		{"snapshot without settings", frame([]byte{0x81, 0xa1, 'k', 0x01}), "without settings"},
 		{"remove without id", frame([]byte{0x81, 0xa1, 'k', 0x03}), "without a server ID"},
 		{"stats without stats", frame([]byte{0x81, 0xa1, 'k', 0x08}), "without stats"},
+		{"applied with a negative time", frame([]byte{0x82, 0xa1, 'k', 0x09, 0xa2, 'a', 't', 0xff}), "Applied with a negative time"},
 		{"trailing bytes", frame([]byte{0x81, 0xa1, 'k', 0x07, 0x00}), "trailing bytes"},
 		// An array header claiming 2^32-1 servers in a 12-byte payload must
 		// fail on the missing entries, not allocate them.
@@ -176,6 +177,14 @@ func TestRejects(t *testing.T) {
 	}
 	if _, err := ReadFrame(bytes.NewReader(huge), nil); !errors.Is(err, ErrFrameTooLarge) {
 		t.Errorf("ReadFrame(oversized) = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestNowIsMonotonic(t *testing.T) {
+	a := Now()
+	b := Now()
+	if a <= 0 || b < a {
+		t.Errorf("Now() = %d then %d, want positive and not decreasing", a, b)
 	}
 }
 

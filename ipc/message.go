@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kind says what a Message asks of, or reports to, its receiver.
@@ -92,6 +94,20 @@ type Message struct {
 	PID int `msgpack:"pid,omitempty"`
 	// Stats is set on ReportStats.
 	Stats *Stats `msgpack:"st,omitempty"`
+	// At is, on Ready and Applied, when the worker began to route by
+	// Version, as Now reads it.
+	At int64 `msgpack:"at,omitempty"`
+}
+
+// Now reads CLOCK_MONOTONIC in nanoseconds: unlike time.Now's monotonic
+// reading, it is the same clock in the manager and in its workers, so a
+// time one of them takes can be compared with the other's.
+func Now() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
 }
 
 // Server is one backend as workers see it.
@@ -198,6 +214,9 @@ func (m *Message) Validate() error {
 			return errors.New("drain with a negative timeout")
 		}
 	case Ready, Applied:
+		if m.At < 0 {
+			return fmt.Errorf("%s with a negative time", m.Kind)
+		}
 	case ReportStats:
 		if m.Stats == nil {
 			return errors.New("ReportStats without stats")

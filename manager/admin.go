@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
 )
 
 // maxAdminBody bounds an admin request body.
@@ -202,7 +204,9 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 	}
 	added, msgs := m.pool.Add(s)
 	m.broadcast(msgs)
+	var changedAt int64
 	if len(msgs) > 0 {
+		changedAt = ipc.Now()
 		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
 		m.stateSeq++
 	}
@@ -210,7 +214,7 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 	m.mu.Unlock()
 
 	m.persist()
-	m.waitApplied(r.Context(), version)
+	m.waitApplied(r.Context(), version, changedAt)
 	switch {
 	case added:
 		m.log.Info("server added", "server", s.ID, "url", s.URL, "weight", s.Weight)
@@ -298,13 +302,14 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	m.stopChecks(s)
 	_, msgs := m.pool.Remove(id)
 	m.broadcast(msgs)
+	changedAt := ipc.Now()
 	m.stats.forget(id)
 	m.stateSeq++
 	version := m.version
 	m.mu.Unlock()
 
 	m.persist()
-	m.waitApplied(r.Context(), version)
+	m.waitApplied(r.Context(), version, changedAt)
 	m.log.Info("server removed", "server", id)
 	return http.StatusNoContent, nil, nil
 }

@@ -307,23 +307,34 @@ const applyTimeout = 2 * time.Second
 
 // waitApplied waits until every serving worker routes by pool version v, so
 // that an admin change is in effect when the API answers. A worker that is
-// starting needs no wait: its snapshot is newer.
-func (m *Manager) waitApplied(ctx context.Context, v uint64) {
+// starting needs no wait: its snapshot is newer. changedAt is when the pool
+// changed to v, as ipc.Now reads it, or 0 if the request changed nothing.
+func (m *Manager) waitApplied(ctx context.Context, v uint64, changedAt int64) {
 	start := time.Now()
 	deadline := time.NewTimer(applyTimeout)
 	defer deadline.Stop()
 	for {
 		m.mu.Lock()
 		behind := 0
+		last, known := int64(0), changedAt > 0 // when the last worker began to route by v
 		for wp := range m.procs {
-			if wp.ready && !wp.killed && wp.applied < v {
-				behind++
+			if !wp.ready || wp.killed {
+				continue
 			}
+			if wp.applied < v {
+				behind++
+				continue
+			}
+			at, ok := wp.acks.routedAt(v)
+			last, known = max(last, at), known && ok
 		}
 		changed := m.changed
 		m.mu.Unlock()
 		if behind == 0 {
 			m.metrics.applyDuration.observe(time.Since(start).Seconds())
+			if known && last > 0 {
+				m.metrics.propagation.observe(max(0, time.Duration(last-changedAt)).Seconds())
+			}
 			return
 		}
 		select {

@@ -14,12 +14,17 @@ import (
 type metrics struct {
 	checkDuration *histogram // seconds per health check
 	applyDuration *histogram // seconds from an admin change to every worker routing by it
+	propagation   *histogram // the same, by the workers' clocks rather than the manager's hearing of it
 }
+
+// updateBuckets bound the pool change histograms, in seconds.
+var updateBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2}
 
 func newMetrics() *metrics {
 	return &metrics{
 		checkDuration: newHistogram(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-		applyDuration: newHistogram(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2),
+		applyDuration: newHistogram(updateBuckets...),
+		propagation:   newHistogram(updateBuckets...),
 	}
 }
 
@@ -132,6 +137,8 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 
 	family("weldr_pool_update_seconds", "histogram", "Time from an admin API change of the pool to every worker routing by it.")
 	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
+	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker routing by it, by the workers' clocks: without the manager's wait to hear from them.")
+	m.metrics.propagation.write(bw, "weldr_pool_propagation_seconds")
 
 	family("weldr_workers", "gauge", "Worker processes configured.")
 	fmt.Fprintf(bw, "weldr_workers %d\n", m.workersCount)

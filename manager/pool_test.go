@@ -134,3 +134,33 @@ func TestPoolOrderThroughManyRemovals(t *testing.T) {
 		t.Fatalf("Len %d, order %d entries; want %d and at most twice that", p.Len(), len(p.order), len(live))
 	}
 }
+
+func TestAckLogRoutedAt(t *testing.T) {
+	var l ackLog
+	if _, ok := l.routedAt(1); ok {
+		t.Errorf("routedAt(1) on an empty log reported a time")
+	}
+	l.add(3, 0) // a worker that gave no time
+	if _, ok := l.routedAt(3); ok {
+		t.Errorf("routedAt(3) reported a time for an acknowledgement without one")
+	}
+	l.add(5, 500)
+	l.add(9, 900)
+	for _, tc := range []struct {
+		v    uint64
+		want int64
+		ok   bool
+	}{{1, 500, true}, {5, 500, true}, {6, 900, true}, {9, 900, true}, {10, 0, false}} {
+		if at, ok := l.routedAt(tc.v); at != tc.want || ok != tc.ok {
+			t.Errorf("routedAt(%d) = %d, %v; want %d, %v", tc.v, at, ok, tc.want, tc.ok)
+		}
+	}
+	// Once the log wraps, the oldest acknowledgement left answers for the
+	// forgotten ones: later than the truth, never earlier.
+	for i := range uint64(len(l.acks)) {
+		l.add(10+i, int64(1000+i))
+	}
+	if at, ok := l.routedAt(6); at != 1000 || !ok {
+		t.Errorf("routedAt(6) after wrapping = %d, %v; want 1000 (the oldest left), true", at, ok)
+	}
+}

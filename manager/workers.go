@@ -28,6 +28,37 @@ type workerProc struct {
 	ready   bool
 	killed  bool
 	applied uint64 // the pool version the worker last said it routes by
+	acks    ackLog // when it said so, for the latest acknowledgements
+}
+
+// ackLog keeps a worker's latest acknowledgements of pool versions, to tell
+// when it began to route by a given one.
+type ackLog struct {
+	n    int // acknowledgements recorded; the latest is at (n-1) % len(acks)
+	acks [64]struct {
+		version uint64
+		at      int64 // as ipc.Now reads it
+	}
+}
+
+func (l *ackLog) add(version uint64, at int64) {
+	a := &l.acks[l.n%len(l.acks)]
+	a.version, a.at = version, at
+	l.n++
+}
+
+// routedAt returns when the worker began to route by version v or a later
+// one: the time of the oldest remembered acknowledgement that covers v.
+// If older ones that covered it were forgotten, the time is later than the
+// truth. It reports false if no remembered acknowledgement with a time
+// covers v.
+func (l *ackLog) routedAt(v uint64) (int64, bool) {
+	for i := max(0, l.n-len(l.acks)); i < l.n; i++ {
+		if a := l.acks[i%len(l.acks)]; a.version >= v && a.at > 0 {
+			return a.at, true
+		}
+	}
+	return 0, false
 }
 
 // outQueue is how many messages may wait for a worker. A worker that falls
@@ -179,12 +210,14 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		switch msg.Kind {
 		case ipc.Ready:
 			wp.applied = msg.Version
+			wp.acks.add(msg.Version, msg.At)
 			if !wp.ready {
 				wp.ready = true
 				m.setReady(+1)
 			}
 		case ipc.Applied:
 			wp.applied = msg.Version
+			wp.acks.add(msg.Version, msg.At)
 			m.notify()
 		case ipc.ReportStats:
 			m.stats.add(msg.Stats, func(id string) bool { return m.pool.Get(id) != nil })

@@ -140,7 +140,7 @@ func (w *worker) managerWriter(ctx context.Context, conn *ipc.Conn, interval tim
 			return w.report(conn)
 		case <-w.appliedNote:
 			if v := w.applied.Load(); v != acked {
-				if err := conn.Send(&ipc.Message{Kind: ipc.Applied, Version: v}); err != nil {
+				if err := conn.Send(&ipc.Message{Kind: ipc.Applied, Version: v, At: w.appliedAt.Load()}); err != nil {
 					return err
 				}
 				acked = v

@@ -26,6 +26,10 @@ type worker struct {
 	snap     atomic.Pointer[snapshot] // what requests route by
 	draining atomic.Bool              // responses say "Connection: close"
 	applied  atomic.Uint64            // the pool version snap reflects
+	// appliedAt is when snap came to reflect applied, as ipc.Now reads
+	// it. It is stored first, so read after applied it is never earlier
+	// than the time applied was published.
+	appliedAt atomic.Int64
 	// appliedNote wakes the managerWriter to acknowledge applied.
 	appliedNote chan struct{}
 	balancer    balancer
@@ -84,7 +88,8 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		defer func() { close(stopFlushing); <-flushed }()
 	}
 
-	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
+	ready := &ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load(), At: w.appliedAt.Load()}
+	if err := c.Send(ready); err != nil {
 		return fmt.Errorf("reporting ready: %w", err)
 	}
 	w.log.Debug("worker serving", "servers", len(w.servers))
@@ -171,6 +176,7 @@ func (w *worker) apply(m *ipc.Message) {
 // publish makes the pool as it stands what requests route by.
 func (w *worker) publish() {
 	w.snap.Store(newSnapshot(w.servers, w.down, w.balancer.policy == WeightedRoundRobin))
+	w.appliedAt.Store(ipc.Now())
 	w.applied.Store(w.version)
 }
 

@@ -425,6 +425,44 @@ func TestStatsAndMetricsAreExact(t *testing.T) {
 	}
 }
 
+// TestPoolChangeMetrics checks what the two pool change histograms count:
+// every admin request that waits for the workers in the API's, only real
+// changes in the propagation one, timed by the clock the manager and the
+// workers share.
+func TestPoolChangeMetrics(t *testing.T) {
+	d := startWeldr(t, 2, "")
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	if code, body := d.api(t, "POST", "/servers", `{"url": "`+a.url()+`"}`); code != http.StatusOK {
+		t.Fatalf("POST /servers %s again = %d %s, want 200 (no change)", a.url(), code, body)
+	}
+	path := "/servers/" + strings.Replace(a.addr, ":", "/", 1)
+	if code, body := d.api(t, "DELETE", path, ""); code != http.StatusNoContent {
+		t.Fatalf("DELETE %s = %d %s, want 204", path, code, body)
+	}
+	for sample, want := range map[string]int64{
+		"weldr_pool_update_seconds_count":      3,
+		"weldr_pool_propagation_seconds_count": 2,
+	} {
+		if got := d.metric(t, sample); got != want {
+			t.Errorf("%s = %d, want %d", sample, got, want)
+		}
+	}
+	// A change reaches a worker after the manager made it, on one clock:
+	// the sum is above zero, and far below a minute (the distance between
+	// two clocks that are not the same).
+	_, body := d.api(t, "GET", "/metrics", "")
+	sum := -1.0
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "weldr_pool_propagation_seconds_sum "); ok {
+			fmt.Sscan(v, &sum)
+		}
+	}
+	if sum <= 0 || sum >= 60 {
+		t.Errorf("weldr_pool_propagation_seconds_sum = %g, want above 0 and well under a minute", sum)
+	}
+}
+
 func TestRefusingServerCausesNoClientErrors(t *testing.T) {
 	// The refusing server stays up for a while (checks every minute, three
 	// failures to go down), so requests keep being routed to it and retried.
