@@ -323,8 +323,10 @@ func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, c
 	}
 	aloneCPU := float64(treeTicks(pid)-t0) / hz / window.Seconds()
 	failed += fails
-	a50, a99, an := quantiles(before, histogram(admin))
-	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, an)
+	after := histogram(admin)
+	a50, a99, an := quantiles(before[update], after[update])
+	v50, v99, _ := quantiles(before[propagation], after[propagation])
+	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s, propagation p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, v50, v99, an)
 	before = histogram(admin)
 	for r := range rounds {
 		t0 := treeTicks(pid)
@@ -345,12 +347,14 @@ func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, c
 		cpuBusy = append(cpuBusy, float64(t2-t1)/hz/window.Seconds())
 		log.Printf("round %d: quiet %.0f req/s, under churn %.0f req/s (%.2f), %.0f mutations/s", r+1, q, b, b/q, done)
 	}
-	p50, p99, n := quantiles(before, histogram(admin))
-	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\n")
-	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
-		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n)
+	after = histogram(admin)
+	p50, p99, n := quantiles(before[update], after[update])
+	q50, q99, _ := quantiles(before[propagation], after[propagation])
+	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tpropagation p50\tp99\tsamples\n")
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
+		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, q50, q99, n)
 	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
-	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an)
+	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s, propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, v50, v99, an)
 	return nil
 }
 
@@ -453,26 +457,34 @@ func wrk(url string, d time.Duration) (float64, error) {
 	return 0, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
 }
 
-// histogram returns weldr_pool_update_seconds's cumulative buckets.
-func histogram(admin string) map[string]float64 {
+// histogram returns the cumulative buckets of the pool change histograms,
+// weldr_pool_update_seconds and weldr_pool_propagation_seconds, by name.
+func histogram(admin string) map[string]map[string]float64 {
 	res, err := http.Get(admin + "/metrics")
 	if err != nil {
 		return nil
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	h := map[string]float64{}
+	h := map[string]map[string]float64{update: {}, propagation: {}}
 	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, `weldr_pool_update_seconds_bucket{le="`)
-		if !ok {
+		name, rest, ok := strings.Cut(line, `_bucket{le="`)
+		if !ok || h[name] == nil {
 			continue
 		}
 		le, v, _ := strings.Cut(rest, `"} `)
 		n, _ := strconv.ParseFloat(v, 64)
-		h[le] = n
+		h[name][le] = n
 	}
 	return h
 }
+
+// The pool change histograms: the admin API's wait for the workers' word,
+// and the time until the last worker routed by a change, by its own clock.
+const (
+	update      = "weldr_pool_update_seconds"
+	propagation = "weldr_pool_propagation_seconds"
+)
 
 // quantiles returns the buckets holding the median and the 99th percentile
 // of the observations between two histogram readings.
