@@ -94,8 +94,8 @@ type Message struct {
 	PID int `msgpack:"pid,omitempty"`
 	// Stats is set on ReportStats.
 	Stats *Stats `msgpack:"st,omitempty"`
-	// At is, on Ready and Applied, when the worker began to route by
-	// Version, as Now reads it.
+	// At is, on Ready and Applied, a time no earlier than when the worker
+	// began to route by Version, as Now reads it.
 	At int64 `msgpack:"at,omitempty"`
 }
 

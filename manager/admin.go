@@ -203,10 +203,12 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		return 0, nil, errHandover
 	}
 	added, msgs := m.pool.Add(s)
-	m.broadcast(msgs)
 	var changedAt int64
 	if len(msgs) > 0 {
-		changedAt = ipc.Now()
+		changedAt = ipc.Now() // before a worker can have it
+	}
+	m.broadcast(msgs)
+	if len(msgs) > 0 {
 		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
 		m.stateSeq++
 	}
@@ -301,8 +303,8 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	}
 	m.stopChecks(s)
 	_, msgs := m.pool.Remove(id)
+	changedAt := ipc.Now() // before a worker can have it
 	m.broadcast(msgs)
-	changedAt := ipc.Now()
 	m.stats.forget(id)
 	m.stateSeq++
 	version := m.version

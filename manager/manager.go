@@ -309,6 +309,11 @@ const applyTimeout = 2 * time.Second
 // that an admin change is in effect when the API answers. A worker that is
 // starting needs no wait: its snapshot is newer. changedAt is when the pool
 // changed to v, as ipc.Now reads it, or 0 if the request changed nothing.
+//
+// It also observes when the last worker began to route by v, by the
+// workers' own stamps. Workers that started with v in their snapshot are
+// left out, and so is a worker that applied v and was then killed or exited
+// before the wait ended.
 func (m *Manager) waitApplied(ctx context.Context, v uint64, changedAt int64) {
 	start := time.Now()
 	deadline := time.NewTimer(applyTimeout)
@@ -324,6 +329,9 @@ func (m *Manager) waitApplied(ctx context.Context, v uint64, changedAt int64) {
 			if wp.applied < v {
 				behind++
 				continue
+			}
+			if wp.started >= v {
+				continue // started with v: its stamp is its start-up
 			}
 			at, ok := wp.acks.routedAt(v)
 			last, known = max(last, at), known && ok

@@ -13,8 +13,8 @@ import (
 // from the workers' reports in statsTable.
 type metrics struct {
 	checkDuration *histogram // seconds per health check
-	applyDuration *histogram // seconds from an admin change to every worker routing by it
-	propagation   *histogram // the same, by the workers' clocks rather than the manager's hearing of it
+	applyDuration *histogram // seconds the admin API waited (after saving the state) to hear every worker route by a change
+	propagation   *histogram // seconds from an admin change to the last worker routing by it, by the workers' stamps
 }
 
 // updateBuckets bound the pool change histograms, in seconds.
@@ -135,7 +135,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")
 	m.metrics.checkDuration.write(bw, "weldr_health_check_duration_seconds")
 
-	family("weldr_pool_update_seconds", "histogram", "Time from an admin API change of the pool to every worker routing by it.")
+	family("weldr_pool_update_seconds", "histogram", "Time an admin API request waits, after saving the state file, to hear that every worker routes by its change.")
 	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
 	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker routing by it, by the workers' clocks: without the manager's wait to hear from them.")
 	m.metrics.propagation.write(bw, "weldr_pool_propagation_seconds")

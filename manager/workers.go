@@ -28,6 +28,7 @@ type workerProc struct {
 	ready   bool
 	killed  bool
 	applied uint64 // the pool version the worker last said it routes by
+	started uint64 // the version of the snapshot it started with
 	acks    ackLog // when it said so, for the latest acknowledgements
 }
 
@@ -209,7 +210,7 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		m.mu.Lock()
 		switch msg.Kind {
 		case ipc.Ready:
-			wp.applied = msg.Version
+			wp.applied, wp.started = msg.Version, msg.Version
 			wp.acks.add(msg.Version, msg.At)
 			if !wp.ready {
 				wp.ready = true

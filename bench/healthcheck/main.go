@@ -325,8 +325,8 @@ func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, c
 	failed += fails
 	after := histogram(admin)
 	a50, a99, an := quantiles(before[update], after[update])
-	v50, v99, _ := quantiles(before[propagation], after[propagation])
-	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s, propagation p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, v50, v99, an)
+	v50, v99, vn := quantiles(before[propagation], after[propagation])
+	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples), propagation p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, an, v50, v99, vn)
 	before = histogram(admin)
 	for r := range rounds {
 		t0 := treeTicks(pid)
@@ -349,12 +349,12 @@ func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, c
 	}
 	after = histogram(admin)
 	p50, p99, n := quantiles(before[update], after[update])
-	q50, q99, _ := quantiles(before[propagation], after[propagation])
-	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tpropagation p50\tp99\tsamples\n")
-	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
-		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, q50, q99, n)
+	q50, q99, qn := quantiles(before[propagation], after[propagation])
+	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\tpropagation p50\tp99\tsamples\n")
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
+		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n, q50, q99, qn)
 	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
-	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s, propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, v50, v99, an)
+	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an, v50, v99, vn)
 	return nil
 }
 
