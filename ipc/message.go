@@ -94,8 +94,8 @@ type Message struct {
 	PID int `msgpack:"pid,omitempty"`
 	// Stats is set on ReportStats.
 	Stats *Stats `msgpack:"st,omitempty"`
-	// At is, on Ready and Applied, a time no earlier than when the worker
-	// began to route by Version, as Now reads it.
+	// At is, on Applied, a time no earlier than when the worker began to
+	// route by Version, as Now reads it.
 	At int64 `msgpack:"at,omitempty"`
 }
 
@@ -213,7 +213,8 @@ func (m *Message) Validate() error {
 		if m.DrainTimeout < 0 {
 			return errors.New("drain with a negative timeout")
 		}
-	case Ready, Applied:
+	case Ready:
+	case Applied:
 		if m.At < 0 {
 			return fmt.Errorf("%s with a negative time", m.Kind)
 		}

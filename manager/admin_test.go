@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -346,5 +347,30 @@ func TestAdminNoReflectedHTML(t *testing.T) {
 				t.Errorf("%s %s: Content-Type = %q, want application/json", tc.method, tc.path, ct)
 			}
 		})
+	}
+}
+
+// waitApplied times a change by the acknowledgements of the workers that
+// were serving before it, not by the start-up of one whose first snapshot
+// held it.
+func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
+	m, _, _ := newTestManager(t, Default())
+	clear(m.procs)
+	serving := &workerProc{ready: true, started: 1, applied: 5}
+	serving.acks.add(5, 3000)
+	m.procs[serving] = struct{}{}
+	m.procs[&workerProc{ready: true, started: 5, applied: 5}] = struct{}{}
+
+	m.waitApplied(context.Background(), 5, 1000)
+	if h := m.metrics.propagation; h.n != 1 || h.sum != 2e-6 {
+		t.Errorf("propagation observed %d times, sum %gs; want once, 2µs (from the serving worker's acknowledgement)", h.n, h.sum)
+	}
+	delete(m.procs, serving) // only the worker that started with version 5 is left
+	m.waitApplied(context.Background(), 5, 1000)
+	if h := m.metrics.propagation; h.n != 1 {
+		t.Errorf("propagation observed %d times, want still once: a start-up is not a propagation", h.n)
+	}
+	if h := m.metrics.applyDuration; h.n != 2 {
+		t.Errorf("the API wait observed %d times, want 2", h.n)
 	}
 }

@@ -29,7 +29,7 @@ type workerProc struct {
 	killed  bool
 	applied uint64 // the pool version the worker last said it routes by
 	started uint64 // the version of the snapshot it started with
-	acks    ackLog // when it said so, for the latest acknowledgements
+	acks    ackLog // when it began to route by later versions, as Applied says
 }
 
 // ackLog keeps a worker's latest acknowledgements of pool versions, to tell
@@ -211,7 +211,6 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		switch msg.Kind {
 		case ipc.Ready:
 			wp.applied, wp.started = msg.Version, msg.Version
-			wp.acks.add(msg.Version, msg.At)
 			if !wp.ready {
 				wp.ready = true
 				m.setReady(+1)

@@ -88,8 +88,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		defer func() { close(stopFlushing); <-flushed }()
 	}
 
-	ready := &ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load(), At: w.appliedAt.Load()}
-	if err := c.Send(ready); err != nil {
+	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
 		return fmt.Errorf("reporting ready: %w", err)
 	}
 	w.log.Debug("worker serving", "servers", len(w.servers))
