@@ -109,7 +109,27 @@ func gcd(a, b int) int {
 // round robin.
 type balancer struct {
 	policy string
-	next   atomic.Uint64
+	next   atomic.Uint64 // the cursor of turn
+}
+
+// turn returns the next place in a cycle of n and moves the cursor on. The
+// cursor wraps at n rather than counting freely: taken modulo a changing n,
+// a free count would move by count/n places at every pool change (a hundred
+// after a million requests to 10,000 servers), back onto servers whose
+// connections are still busy with the last requests, which then need new
+// ones. Wrapped, a server added at the end moves it not at all.
+func (bl *balancer) turn(n int) int {
+	for {
+		p := bl.next.Load()
+		i := p % uint64(n) // p is n or more if the pool shrank
+		q := i + 1
+		if q == uint64(n) {
+			q = 0
+		}
+		if bl.next.CompareAndSwap(p, q) {
+			return int(i)
+		}
+	}
 }
 
 // pick returns a server that is up, or nil if none is.
@@ -133,14 +153,13 @@ func (bl *balancer) pickOne(s *snapshot) *backend {
 	}
 	switch bl.policy {
 	case WeightedRoundRobin:
-		slot := int((bl.next.Add(1) - 1) % uint64(s.total))
-		slot = int(uint64(slot) * uint64(s.stride) % uint64(s.total))
+		slot := int(uint64(bl.turn(s.total)) * uint64(s.stride) % uint64(s.total))
 		return s.up[sort.SearchInts(s.cum, slot+1)]
 	case LeastConn:
 		// Start where round robin would, so ties spread evenly.
 		// Gone servers are skipped here, not by pick: with no request
 		// in flight they would always look the least loaded.
-		start := int((bl.next.Add(1) - 1) % uint64(n))
+		start := bl.turn(n)
 		var best *backend
 		least := int64(math.MaxInt64)
 		for i := 0; i < n && least > 0; i++ {
@@ -157,7 +176,7 @@ func (bl *balancer) pickOne(s *snapshot) *backend {
 		}
 		return a
 	default:
-		return s.up[(bl.next.Add(1)-1)%uint64(n)]
+		return s.up[bl.turn(n)]
 	}
 }
 

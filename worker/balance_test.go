@@ -131,6 +131,42 @@ func TestRoundRobinOrder(t *testing.T) {
 	}
 }
 
+// TestRoundRobinKeepsItsPlaceWhenThePoolChanges checks that a pool change
+// does not move round robin's place in the cycle: a server added at the
+// end leaves it where it was, and a shrunk pool wraps it.
+func TestRoundRobinKeepsItsPlaceWhenThePoolChanges(t *testing.T) {
+	const n = 1000
+	bs := backends(make([]int, n+1)...)
+	s := newSnapshot(bs[:n], nil, false)
+	bl := &balancer{policy: RoundRobin}
+	for range 10*n + 5 { // ten whole cycles and five more
+		bl.pick(s)
+	}
+	grown := newSnapshot(bs, nil, false) // one server added at the end
+	for i := 5; i < 10; i++ {
+		if got, want := bl.pick(grown), bs[i]; got != want {
+			t.Fatalf("after a server was added, pick() = %s, want %s: the cycle should go on where it was", name(got), name(want))
+		}
+	}
+	for range n - 10 { // to the last place of the grown cycle: bs[n-1], then the new bs[n]
+		bl.pick(grown)
+	}
+	if got, want := bl.pick(grown), bs[n]; got != want {
+		t.Fatalf("pick() = %s, want the added server %s in its turn", name(got), name(want))
+	}
+	shrunk := newSnapshot(bs[:3], nil, false)
+	bl.next.Store(n - 1) // as if the pool shrank with the cursor near the end
+	seen := map[*backend]int{}
+	for range 3 * 4 {
+		seen[bl.pick(shrunk)]++
+	}
+	for _, b := range bs[:3] {
+		if seen[b] != 4 {
+			t.Fatalf("in a shrunk pool of 3, 12 picks gave %s %d times, want 4 (all: %v)", name(b), seen[b], seen)
+		}
+	}
+}
+
 func TestWeightedRoundRobin(t *testing.T) {
 	tests := []struct {
 		weights []int
