@@ -44,6 +44,7 @@ type Manager struct {
 	mu        sync.Mutex
 	pool      *Pool
 	version   uint64          // of the pool: bumped by every message broadcast
+	frames    []byte          // broadcast's encoding buffer
 	checksCtx context.Context // nil until health checks start; ended when they stop
 	procs     map[*workerProc]struct{}
 	ready     int

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,12 @@ type workerProc struct {
 	// under Manager.mu; the supervisor closes it under the same lock once
 	// the process is gone.
 	out chan *ipc.Message
+	// queued counts the messages sent to out that the pipeWriter has not
+	// finished writing. While it is zero, nothing is being written to the
+	// pipe, and broadcasts write to it themselves through raw (nil in
+	// tests) if that needs no wait.
+	queued atomic.Int64
+	raw    syscall.RawConn
 	// Guarded by Manager.mu.
 	ready   bool
 	killed  bool
@@ -129,14 +136,17 @@ func (m *Manager) runWorker(slot int) error {
 		return fmt.Errorf("starting worker: %w", err)
 	}
 	wp := &workerProc{slot: slot, cmd: cmd, out: make(chan *ipc.Message, outQueue)}
+	if sc, ok := conn.(syscall.Conn); ok {
+		wp.raw, _ = sc.SyscallConn()
+	}
 	m.log.Debug("worker started", "slot", slot, "pid", cmd.Process.Pid)
 
 	m.mu.Lock()
 	snap := m.pool.Snapshot(m.settings)
 	snap.Version = m.version
-	wp.out <- snap
+	m.queue(wp, snap)
 	if m.isStopping() {
-		wp.out <- m.drainMessage() // started as the manager began to stop
+		m.queue(wp, m.drainMessage()) // started as the manager began to stop
 	}
 	m.procs[wp] = struct{}{}
 	m.mu.Unlock()
@@ -177,11 +187,13 @@ func workerEnv(env []string) []string {
 	return out
 }
 
-// pipeWriter is the only writer of a worker's pipe: it sends what broadcasts
-// queue for it, in order.
+// pipeWriter sends what broadcasts queue for a worker, in order, waiting
+// for the pipe as long as it takes.
 func (m *Manager) pipeWriter(wp *workerProc, c *ipc.Conn) {
 	for msg := range wp.out {
-		if err := c.Send(msg); err != nil {
+		err := c.Send(msg)
+		wp.queued.Add(-1)
+		if err != nil {
 			m.log.Debug("sending to worker failed", "pid", wp.cmd.Process.Pid, "error", err)
 			m.mu.Lock()
 			m.kill(wp)
@@ -233,26 +245,82 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 	}
 }
 
-// broadcast queues msgs for every worker. It must be called with m.mu held,
+// broadcast sends msgs to every worker. It must be called with m.mu held,
 // right after the mutation that produced msgs, so that every worker sees
-// every change in the order the pool made them.
+// every change in the order the pool made them. To a worker with nothing
+// queued, it writes the frames itself if the pipe takes them without
+// waiting: the change is on its way without waking the pipeWriter.
 func (m *Manager) broadcast(msgs []*ipc.Message) {
 	if len(msgs) == 0 {
 		return
 	}
+	frames, encoded := m.frames[:0], true
 	for _, msg := range msgs {
 		m.version++
 		msg.Version = m.version
+		var err error
+		if frames, err = ipc.AppendFrame(frames, msg); err != nil {
+			encoded = false // the pipeWriter will meet the error
+		}
+	}
+	if cap(frames) <= 64<<10 {
+		m.frames = frames
 	}
 	for wp := range m.procs {
-		for _, msg := range msgs {
-			select {
-			case wp.out <- msg:
-			default:
-				m.log.Error("worker fell behind on pool updates, replacing it", "pid", wp.cmd.Process.Pid)
-				m.kill(wp)
-			}
+		if encoded && m.writeNow(wp, frames) {
+			continue
 		}
+		for _, msg := range msgs {
+			m.queue(wp, msg)
+		}
+	}
+}
+
+// queue hands msg to wp's pipeWriter. Called with m.mu held.
+func (m *Manager) queue(wp *workerProc, msg *ipc.Message) {
+	if wp.killed {
+		return
+	}
+	select {
+	case wp.out <- msg:
+		wp.queued.Add(1)
+	default:
+		m.log.Error("worker fell behind on pool updates, replacing it", "pid", wp.cmd.Process.Pid)
+		m.kill(wp)
+	}
+}
+
+// writeNowMax bounds the frames a broadcast writes itself; a pool change
+// takes about a hundred bytes.
+const writeNowMax = 1 << 10
+
+// writeNow writes frames to wp's pipe if nothing is queued for it and the
+// pipe takes them at once, and reports whether it is done with them.
+// Called with m.mu held, which orders it with other broadcasts.
+func (m *Manager) writeNow(wp *workerProc, frames []byte) bool {
+	if wp.raw == nil || wp.killed || wp.queued.Load() != 0 || len(frames) > writeNowMax {
+		return false
+	}
+	var n int
+	var err error
+	wp.raw.Write(func(fd uintptr) bool {
+		n, err = unix.SendmsgN(int(fd), frames, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true // never wait under m.mu
+	})
+	switch {
+	case err == nil && n == len(frames):
+		return true
+	case err != nil || n == 0:
+		return false // full (the pipeWriter will wait), or broken (it will find out)
+	default:
+		// Part of the frames went out, which leaves the rest nowhere to
+		// go but the pipe, before anything else. It does not happen: a
+		// unix stream socket takes a write that fits in one of its
+		// buffers (up to half its send buffer, never under 2 KB) whole
+		// or not at all. Should it, the worker is replaced.
+		m.log.Error("worker fell behind on pool updates, replacing it", "pid", wp.cmd.Process.Pid, "pipe", "full")
+		m.kill(wp)
+		return true
 	}
 }
 
