@@ -27,8 +27,9 @@ type workerProc struct {
 	out chan *ipc.Message
 	// queued counts the messages sent to out that the pipeWriter has not
 	// finished writing. While it is zero, nothing is being written to the
-	// pipe, and broadcasts write to it themselves through raw (nil in
-	// tests) if that needs no wait.
+	// pipe, and broadcasts write to it themselves through raw (nil for
+	// tests' fake workers) if that needs no wait. After a failed write
+	// the pipeWriter drains out without counting: the worker is killed.
 	queued atomic.Int64
 	raw    syscall.RawConn
 	// Guarded by Manager.mu.
@@ -296,7 +297,9 @@ const writeNowMax = 1 << 10
 
 // writeNow writes frames to wp's pipe if nothing is queued for it and the
 // pipe takes them at once, and reports whether it is done with them.
-// Called with m.mu held, which orders it with other broadcasts.
+// Called with m.mu held, which orders it with other broadcasts. With
+// nothing queued the pipeWriter is not writing, so raw.Write does not wait
+// for the connection's write lock either: that, too, rests on queued.
 func (m *Manager) writeNow(wp *workerProc, frames []byte) bool {
 	if wp.raw == nil || wp.killed || wp.queued.Load() != 0 || len(frames) > writeNowMax {
 		return false
@@ -305,7 +308,7 @@ func (m *Manager) writeNow(wp *workerProc, frames []byte) bool {
 	var err error
 	wp.raw.Write(func(fd uintptr) bool {
 		n, err = unix.SendmsgN(int(fd), frames, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		return true // never wait under m.mu
+		return true // never wait for the pipe under m.mu
 	})
 	switch {
 	case err == nil && n == len(frames):

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,11 +18,20 @@ import (
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
-// TestBroadcastKeepsOrderWhenThePipeFills broadcasts to a worker pipe that
-// nobody reads until it is full, so that broadcasts first write frames
-// themselves and then queue them for the pipeWriter; the reader must get
-// every change once, in order.
-func TestBroadcastKeepsOrderWhenThePipeFills(t *testing.T) {
+// pipeWorker is a fake worker on a real socketpair: a manager with it as its
+// only worker, and the worker's end of the pipe.
+type pipeWorker struct {
+	m      *Manager
+	wp     *workerProc
+	theirs net.Conn
+	start  chan struct{} // closing it starts the pipeWriter
+	done   chan struct{} // closed when the pipeWriter returns
+}
+
+// newPipeWorker sets one up. sndbuf, if not zero, is the manager end's send
+// buffer: a small one fills after a few dozen changes.
+func newPipeWorker(t *testing.T, sndbuf int) *pipeWorker {
+	t.Helper()
 	cfg := Default()
 	cfg.State.File = filepath.Join(t.TempDir(), "state.json")
 	m, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -32,47 +42,96 @@ func TestBroadcastKeepsOrderWhenThePipeFills(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A small buffer fills after a few dozen changes.
-	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
-		t.Fatal(err)
+	if sndbuf > 0 {
+		if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ours, theirs := fileConn(t, fds[0]), fileConn(t, fds[1])
-	wp := &workerProc{out: make(chan *ipc.Message, outQueue)}
-	wp.raw, _ = ours.(syscall.Conn).SyscallConn()
-	written := make(chan struct{})
-	go func() { defer close(written); m.pipeWriter(wp, ipc.NewConn(ours)) }()
-	m.procs[wp] = struct{}{}
-
-	const n = 4000
-	change := func(i int) *ipc.Message {
-		return &ipc.Message{Kind: ipc.RemoveServer, ID: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250)}
+	theirs.SetReadDeadline(time.Now().Add(time.Minute)) // a garbled stream fails, not hangs
+	// A process for the manager to kill should the test make it replace
+	// the worker; its logs name the PID.
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	m.mu.Lock()
-	m.broadcast([]*ipc.Message{change(0)})
-	if q := wp.queued.Load(); q != 0 {
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pw := &pipeWorker{m: m, wp: &workerProc{cmd: cmd, out: make(chan *ipc.Message, outQueue)}, theirs: theirs,
+		start: make(chan struct{}), done: make(chan struct{})}
+	pw.wp.raw, _ = ours.(syscall.Conn).SyscallConn()
+	go func() { defer close(pw.done); <-pw.start; m.pipeWriter(pw.wp, ipc.NewConn(ours)) }()
+	m.procs[pw.wp] = struct{}{}
+	t.Cleanup(func() {
+		select {
+		case <-pw.start:
+		default:
+			close(pw.start)
+		}
+	})
+	return pw
+}
+
+// broadcast broadcasts msg under the manager's lock, failing the test if
+// that takes a minute: a broadcast must never wait on the pipe.
+func (pw *pipeWorker) broadcast(t *testing.T, msg *ipc.Message) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.m.mu.Lock()
+		defer pw.m.mu.Unlock()
+		pw.m.broadcast([]*ipc.Message{msg})
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("a broadcast is stuck")
+	}
+}
+
+// stop closes the pipeWriter's queue and waits for it to finish.
+func (pw *pipeWorker) stop() {
+	pw.m.mu.Lock()
+	close(pw.wp.out)
+	pw.m.mu.Unlock()
+	<-pw.done
+}
+
+func removal(i int) *ipc.Message {
+	return &ipc.Message{Kind: ipc.RemoveServer, ID: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250)}
+}
+
+// TestBroadcastKeepsOrderWhenThePipeFills broadcasts to a worker pipe that
+// nobody reads until it is full, so that broadcasts first write frames
+// themselves and then queue them for the pipeWriter; the reader must get
+// every change once, in order.
+func TestBroadcastKeepsOrderWhenThePipeFills(t *testing.T) {
+	pw := newPipeWorker(t, 4096)
+	close(pw.start)
+	const n = 4000
+	pw.broadcast(t, removal(0))
+	if q := pw.wp.queued.Load(); q != 0 {
 		t.Errorf("the first change was queued (%d queued), want it written at once", q)
 	}
 	for i := 1; i < n/2; i++ {
-		m.broadcast([]*ipc.Message{change(i)})
+		pw.broadcast(t, removal(i))
 	}
-	if q := wp.queued.Load(); q == 0 {
+	if q := pw.wp.queued.Load(); q == 0 {
 		t.Errorf("nothing queued after %d changes to an unread pipe, want the pipeWriter to have the rest", n/2)
 	}
-	m.mu.Unlock()
 
 	// The reader drains the pipe while the other half is broadcast: room
 	// in the pipe must not let a change overtake the queued ones.
 	read := make(chan error, 1)
-	theirs.SetReadDeadline(time.Now().Add(time.Minute)) // a garbled stream fails, not hangs
 	go func() {
-		rx := ipc.NewConn(theirs)
+		rx := ipc.NewConn(pw.theirs)
 		for i := range n {
 			var got ipc.Message
 			if err := rx.Receive(&got); err != nil {
 				read <- fmt.Errorf("change %d: %w", i, err)
 				return
 			}
-			if want := change(i); got.Version != uint64(i+1) || got.ID != want.ID {
+			if want := removal(i); got.Version != uint64(i+1) || got.ID != want.ID {
 				read <- fmt.Errorf("change %d arrived as version %d %s, want version %d %s", i, got.Version, got.ID, i+1, want.ID)
 				return
 			}
@@ -80,62 +139,85 @@ func TestBroadcastKeepsOrderWhenThePipeFills(t *testing.T) {
 		read <- nil
 	}()
 	for i := n / 2; i < n; i++ {
-		m.mu.Lock()
-		m.broadcast([]*ipc.Message{change(i)})
-		m.mu.Unlock()
+		pw.broadcast(t, removal(i))
 	}
 	if err := <-read; err != nil {
 		t.Fatal(err)
 	}
-	m.mu.Lock()
-	close(wp.out)
-	m.mu.Unlock()
-	<-written
-	if q := wp.queued.Load(); q != 0 {
+	pw.stop()
+	if q := pw.wp.queued.Load(); q != 0 {
 		t.Errorf("%d changes still counted as queued after all were read", q)
 	}
+}
+
+// TestBroadcastQueuesWhileTheWriterIsBusy fills the pipe until a change
+// goes to the pipeWriter, which then waits in its write for a reader. The
+// change it is writing must still count as queued, so that the next
+// broadcast queues behind it rather than writing (or waiting) itself.
+func TestBroadcastQueuesWhileTheWriterIsBusy(t *testing.T) {
+	pw := newPipeWorker(t, 4096)
+	close(pw.start)
+	i := 0
+	for ; pw.wp.queued.Load() == 0; i++ {
+		if i == 100000 {
+			t.Fatal("the pipe never filled")
+		}
+		pw.broadcast(t, removal(i))
+	}
+	// The pipeWriter takes the change (at once: it was waiting on the
+	// channel) and waits in Send for room. Given time to get there, the
+	// change must still count.
+	for range 200 {
+		if q := pw.wp.queued.Load(); q != 1 {
+			t.Fatalf("%d changes counted as queued while the pipeWriter writes one, want 1", q)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	pw.broadcast(t, removal(i))
+	i++
+	if q := pw.wp.queued.Load(); q != 2 {
+		t.Errorf("%d changes counted as queued after one more broadcast, want 2", q)
+	}
+	read := make(chan error, 1)
+	go func() {
+		rx := ipc.NewConn(pw.theirs)
+		for k := range i {
+			var got ipc.Message
+			if err := rx.Receive(&got); err != nil {
+				read <- fmt.Errorf("change %d: %w", k, err)
+				return
+			}
+			if got.Version != uint64(k+1) {
+				read <- fmt.Errorf("change %d arrived as version %d", k, got.Version)
+				return
+			}
+		}
+		read <- nil
+	}()
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	pw.stop()
 }
 
 // TestBroadcastLeavesLargeFramesToTheWriter checks that frames over
 // writeNowMax go through the pipeWriter even to an idle pipe, and arrive.
 func TestBroadcastLeavesLargeFramesToTheWriter(t *testing.T) {
-	cfg := Default()
-	cfg.State.File = filepath.Join(t.TempDir(), "state.json")
-	m, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ours, theirs := fileConn(t, fds[0]), fileConn(t, fds[1])
-	// The writer waits for a go-ahead, so what it has is still counted.
-	wp := &workerProc{out: make(chan *ipc.Message, outQueue)}
-	wp.raw, _ = ours.(syscall.Conn).SyscallConn()
-	start, written := make(chan struct{}), make(chan struct{})
-	go func() { defer close(written); <-start; m.pipeWriter(wp, ipc.NewConn(ours)) }()
-	m.procs[wp] = struct{}{}
-
+	pw := newPipeWorker(t, 0) // the pipeWriter waits, so what it has is still counted
 	big := &ipc.Message{Kind: ipc.RemoveServer, ID: strings.Repeat("a", writeNowMax) + ":80"}
-	m.mu.Lock()
-	m.broadcast([]*ipc.Message{big})
-	queued := wp.queued.Load()
-	close(wp.out)
-	m.mu.Unlock()
-	if queued != 1 {
-		t.Errorf("a %d-byte change was queued %d times, want once: it is over writeNowMax", len(big.ID), queued)
+	pw.broadcast(t, big)
+	if q := pw.wp.queued.Load(); q != 1 {
+		t.Errorf("a %d-byte change was queued %d times, want once: it is over writeNowMax", len(big.ID), q)
 	}
-	close(start)
-	theirs.SetReadDeadline(time.Now().Add(time.Minute))
+	close(pw.start)
 	var got ipc.Message
-	if err := ipc.NewConn(theirs).Receive(&got); err != nil {
+	if err := ipc.NewConn(pw.theirs).Receive(&got); err != nil {
 		t.Fatal(err)
 	}
 	if got.ID != big.ID || got.Version != 1 {
 		t.Errorf("got version %d with a %d-byte ID, want version 1 with the %d-byte one", got.Version, len(got.ID), len(big.ID))
 	}
-	<-written
+	pw.stop()
 }
 
 func fileConn(t *testing.T, fd int) net.Conn {

@@ -117,7 +117,9 @@ type balancer struct {
 // a free count would move by count/n places at every pool change (a hundred
 // after a million requests to 10,000 servers), back onto servers whose
 // connections are still busy with the last requests, which then need new
-// ones. Wrapped, a server added at the end moves it not at all.
+// ones. Wrapped, a server added at the end moves it not at all. (Weighted
+// round robin's order is a permutation that depends on the total weight,
+// so a change still reorders it; only its place in the cycle is kept.)
 func (bl *balancer) turn(n int) int {
 	for {
 		p := bl.next.Load()
