@@ -255,20 +255,20 @@ func (m *Manager) broadcast(msgs []*ipc.Message) {
 	if len(msgs) == 0 {
 		return
 	}
-	frames, encoded := m.frames[:0], true
+	frames, direct := m.frames[:0], true
 	for _, msg := range msgs {
 		m.version++
 		msg.Version = m.version
 		var err error
 		if frames, err = ipc.AppendFrame(frames, msg); err != nil {
-			encoded = false // the pipeWriter will meet the error
+			direct = false // the pipeWriter will meet the error
 		}
 	}
-	if cap(frames) <= 64<<10 {
-		m.frames = frames
+	if direct = direct && len(frames) <= writeNowMax; direct {
+		m.frames = frames // a small buffer, kept for the next broadcast
 	}
 	for wp := range m.procs {
-		if encoded && m.writeNow(wp, frames) {
+		if direct && m.writeNow(wp, frames) {
 			continue
 		}
 		for _, msg := range msgs {
@@ -291,17 +291,18 @@ func (m *Manager) queue(wp *workerProc, msg *ipc.Message) {
 	}
 }
 
-// writeNowMax bounds the frames a broadcast writes itself; a pool change
-// takes about a hundred bytes.
+// writeNowMax bounds the frames a broadcast writes itself (larger ones go
+// to the pipeWriter); a pool change takes about a hundred bytes.
 const writeNowMax = 1 << 10
 
-// writeNow writes frames to wp's pipe if nothing is queued for it and the
-// pipe takes them at once, and reports whether it is done with them.
+// writeNow writes frames (at most writeNowMax bytes) to wp's pipe if
+// nothing is queued for it and the pipe takes them at once, and reports
+// whether it is done with them.
 // Called with m.mu held, which orders it with other broadcasts. With
 // nothing queued the pipeWriter is not writing, so raw.Write does not wait
 // for the connection's write lock either: that, too, rests on queued.
 func (m *Manager) writeNow(wp *workerProc, frames []byte) bool {
-	if wp.raw == nil || wp.killed || wp.queued.Load() != 0 || len(frames) > writeNowMax {
+	if wp.raw == nil || wp.killed || wp.queued.Load() != 0 {
 		return false
 	}
 	var n int

@@ -97,6 +97,29 @@ func (pw *pipeWorker) stop() {
 	<-pw.done
 }
 
+// readRemovals reads n changes from the worker's end of the pipe and
+// reports whether they were removal(0) to removal(n-1), as versions 1 to n.
+func (pw *pipeWorker) readRemovals(n int) <-chan error {
+	read := make(chan error, 1)
+	go func() {
+		rx := ipc.NewConn(pw.theirs)
+		for i := range n {
+			var got ipc.Message
+			if err := rx.Receive(&got); err != nil {
+				read <- fmt.Errorf("change %d: %w", i, err)
+				return
+			}
+			if want := removal(i); got.Version != uint64(i+1) || got.ID != want.ID {
+				read <- fmt.Errorf("change %d arrived as version %d %s, want version %d %s", i, got.Version, got.ID, i+1, want.ID)
+				return
+			}
+		}
+		read <- nil
+	}()
+	return read
+}
+
+// removal is the i-th of a run of distinct pool changes.
 func removal(i int) *ipc.Message {
 	return &ipc.Message{Kind: ipc.RemoveServer, ID: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250)}
 }
@@ -122,22 +145,7 @@ func TestBroadcastKeepsOrderWhenThePipeFills(t *testing.T) {
 
 	// The reader drains the pipe while the other half is broadcast: room
 	// in the pipe must not let a change overtake the queued ones.
-	read := make(chan error, 1)
-	go func() {
-		rx := ipc.NewConn(pw.theirs)
-		for i := range n {
-			var got ipc.Message
-			if err := rx.Receive(&got); err != nil {
-				read <- fmt.Errorf("change %d: %w", i, err)
-				return
-			}
-			if want := removal(i); got.Version != uint64(i+1) || got.ID != want.ID {
-				read <- fmt.Errorf("change %d arrived as version %d %s, want version %d %s", i, got.Version, got.ID, i+1, want.ID)
-				return
-			}
-		}
-		read <- nil
-	}()
+	read := pw.readRemovals(n)
 	for i := n / 2; i < n; i++ {
 		pw.broadcast(t, removal(i))
 	}
@@ -178,23 +186,7 @@ func TestBroadcastQueuesWhileTheWriterIsBusy(t *testing.T) {
 	if q := pw.wp.queued.Load(); q != 2 {
 		t.Errorf("%d changes counted as queued after one more broadcast, want 2", q)
 	}
-	read := make(chan error, 1)
-	go func() {
-		rx := ipc.NewConn(pw.theirs)
-		for k := range i {
-			var got ipc.Message
-			if err := rx.Receive(&got); err != nil {
-				read <- fmt.Errorf("change %d: %w", k, err)
-				return
-			}
-			if got.Version != uint64(k+1) {
-				read <- fmt.Errorf("change %d arrived as version %d", k, got.Version)
-				return
-			}
-		}
-		read <- nil
-	}()
-	if err := <-read; err != nil {
+	if err := <-pw.readRemovals(i); err != nil {
 		t.Fatal(err)
 	}
 	pw.stop()
