@@ -579,6 +579,88 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	}
 }
 
+// One kept-alive connection gets requests in every shape, with pauses in
+// which the worker waits for the rest: whole heads, a head in two parts, a
+// body that comes later, two pipelined requests and part of a third. The
+// answers come in order, each restarts the idle timeout, and the
+// connection closes when it stays idle.
+func TestKeptAliveConnectionTakesRequestsInEveryShape(t *testing.T) {
+	echo, _ := echoOrigin(t)
+	set := testSettings()
+	set.IdleTimeout = 300 * time.Millisecond
+	h := startWorker(t, set, echo)
+	c, br := dialRaw(t, h)
+	pause := func() { time.Sleep(20 * time.Millisecond) }
+	answer := func(uri string, bodyLen int) {
+		t.Helper()
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", uri, err)
+		}
+		var e echoed
+		err = json.NewDecoder(res.Body).Decode(&e)
+		res.Body.Close()
+		if err != nil || e.RequestURI != uri || e.BodyLen != bodyLen {
+			t.Fatalf("answer to %s: %+v (%v); want %s with a body of %d", uri, e, err, uri, bodyLen)
+		}
+	}
+	for _, part := range [][]string{
+		{"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"GET /2 HTTP/1.1\r\nHo", "st: x\r\n\r\n"},
+		{"POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n", "abc"},
+		{"GET /4 HTTP/1.1\r\nHost: x\r\n\r\nGET /5 HTTP/1.1\r\nHost: x\r\n\r\nGET /6 HTTP/1.1\r\nHo", "st: x\r\n\r\n"},
+		{"GET /7 HTTP/1.1\r\nHost: x\r\n\r\n"},
+	} {
+		for _, p := range part {
+			pause()
+			io.WriteString(c, p)
+		}
+	}
+	answer("/1", 0)
+	answer("/2", 0)
+	answer("/3", 3)
+	for _, uri := range []string{"/4", "/5", "/6", "/7"} {
+		answer(uri, 0)
+	}
+	// Each answer restarts the idle timeout: requests a third of it apart
+	// keep the connection open well past it.
+	for i := 8; i < 14; i++ {
+		time.Sleep(set.IdleTimeout / 3)
+		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+		answer("/"+strconv.Itoa(i), 0)
+	}
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("past the idle timeout, read = %d, %v; want EOF", n, err)
+	}
+}
+
+// A request that arrives while the worker waits on a backend for the
+// answer to a request with a body is read once that answer is out: the
+// wait for the next request starts with a read, since the poller may have
+// seen these bytes come already.
+func TestRequestArrivingDuringABackendWaitIsRead(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			time.Sleep(100 * time.Millisecond)
+		}
+		io.WriteString(w, r.URL.Path)
+	})
+	h := startWorker(t, testSettings(), s)
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+	select {
+	case <-arrived:
+	case <-time.After(waitLimit):
+		t.Fatal("the request never reached the backend")
+	}
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+	readAnswer(t, br, "POST /slow", "/slow")
+	readAnswer(t, br, "GET /next, sent while /slow was under way", "/next")
+}
+
 func TestHTTP10Client(t *testing.T) {
 	h := startWorker(t, testSettings(), named(t, "a"))
 	c, err := net.Dial("tcp", h.addr)

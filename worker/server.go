@@ -120,6 +120,9 @@ type clientConn struct {
 	req  message
 	res  message
 	idle atomic.Bool // waiting for a request: a drain may close it
+
+	ready   int // what serveReady leaves to serve
+	readyFn func(fd uintptr) bool
 }
 
 func (f *frontend) newConn(c net.Conn) *clientConn {
@@ -132,6 +135,7 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 		cc.raw, _ = sc.SyscallConn()
 	}
 	cc.rw = newReadWriter(c, &cc.sio)
+	cc.readyFn = cc.doReady
 	f.open.Add(1)
 	f.mu.Lock()
 	f.conns[cc] = struct{}{}
@@ -232,8 +236,20 @@ var pipelineHold = 2 * time.Millisecond
 func (cc *clientConn) serve() {
 	defer cc.close()
 	f := cc.f
+	ready := cc.rw == io.ReadWriter(&cc.sio)
 	for {
-		if cc.br == nil || cc.br.Buffered() == 0 {
+		if ready {
+			switch cc.serveReady() {
+			case readyEnd:
+				return
+			case readyParsed:
+				if !cc.proceed(false) {
+					return
+				}
+				continue
+			}
+			// readyPartial: the rest of the head is read below.
+		} else if cc.br == nil || cc.br.Buffered() == 0 {
 			cc.idle.Store(true)
 			cc.c.SetReadDeadline(time.Now().Add(f.idleTimeout))
 			var err error
@@ -260,28 +276,130 @@ func (cc *clientConn) serve() {
 		if headerDeadline {
 			cc.c.SetReadDeadline(time.Now().Add(f.readHeaderTimeout))
 		}
-		err := readRequest(cc.br, &cc.req, f.lim)
-		if err != nil {
+		if err := readRequest(cc.br, &cc.req, f.lim); err != nil {
 			cc.requestFailed(err)
 			return
 		}
-		readsMore := cc.req.contentLength > 0 || cc.req.chunked || cc.req.upgrade != nil
-		// The client may wait for the answers held for its earlier requests
-		// before it sends the body or starts the tunnel.
-		if readsMore && cc.flushHeld() != nil {
-			cc.f.w.stats.clientFailed.Add(1)
-			return
-		}
-		if headerDeadline || readsMore {
-			// The body, or a tunnel, is read without a deadline. Otherwise
-			// nothing is read from the client until the next request, which
-			// sets its own.
-			cc.c.SetReadDeadline(time.Time{})
-		}
-		if !cc.forward() {
+		if !cc.proceed(headerDeadline) {
 			return
 		}
 	}
+}
+
+// proceed forwards the request just read, whose head was read under a
+// deadline if headerDeadline. It reports whether the connection may carry
+// another request.
+func (cc *clientConn) proceed(headerDeadline bool) bool {
+	readsMore := cc.req.readsMore()
+	// The client may wait for the answers held for its earlier requests
+	// before it sends the body or starts the tunnel.
+	if readsMore && cc.flushHeld() != nil {
+		cc.f.w.stats.clientFailed.Add(1)
+		return false
+	}
+	if headerDeadline || readsMore {
+		// The body, or a tunnel, is read without a deadline. Otherwise
+		// nothing is read from the client until the next request, which
+		// sets its own.
+		cc.c.SetReadDeadline(time.Time{})
+	}
+	return cc.forward()
+}
+
+// readsMore reports whether a request needs more of its client than its
+// head: a body, or a tunnel.
+func (m *message) readsMore() bool {
+	return m.contentLength > 0 || m.chunked || m.upgrade != nil
+}
+
+// What serveReady leaves to serve.
+const (
+	readyEnd     = iota // the connection is done
+	readyPartial        // cc.br holds part of a request head
+	readyParsed         // cc.req needs more of the client than its head
+)
+
+// serveReady answers, from inside one call of the socket's RawConn.Read,
+// the requests that need nothing of the client but a head that arrived
+// whole, and waits for the next ones there. It returns when a request
+// needs more (serve reads it as usual) or the connection is done.
+//
+// The point is the read that would fail. The runtime's poller forgets a
+// socket's readiness whenever a read starts, so each ordinary read must try
+// the system call before it may wait, and the read of the next request,
+// made right after an answer went out, nearly always fails. Inside a single
+// RawConn.Read nothing is forgotten: the callback returns false after an
+// answer, without reading, and the poller calls it again when data has
+// come since the last read (or, rarely, had come just before it: that read
+// then fails, as every one did before).
+//
+// The callback holds the socket's read lock, so reads of the client in it
+// go straight to the system call (sockIO.inPoll) and anything that reads
+// more than a buffered head is left to serve. Close waits for the
+// callback to return: the drain closes idle connections, which are
+// waiting outside it.
+func (cc *clientConn) serveReady() int {
+	cc.ready = readyEnd
+	if cc.br == nil || cc.br.Buffered() == 0 {
+		cc.idle.Store(true)
+		cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
+	}
+	cc.sio.raw.Read(cc.readyFn) // its error (idle timeout, closed) ends the connection
+	cc.idle.Store(false)
+	return cc.ready
+}
+
+// doReady is serveReady's callback: true ends the call with cc.ready set,
+// false waits for the client's next bytes.
+func (cc *clientConn) doReady(fd uintptr) bool {
+	cc.idle.Store(false)
+	cc.acquire()
+	cc.sio.inPoll, cc.sio.fd = true, fd
+	if cc.br.Buffered() == 0 {
+		if _, err := cc.br.Peek(1); err == errAgain {
+			return cc.waitNext()
+		} else if err != nil {
+			return cc.leave(readyEnd) // closed or reset between requests: no answer
+		}
+	}
+	for {
+		if !headBuffered(cc.br) {
+			return cc.leave(readyPartial)
+		}
+		if err := readRequest(cc.br, &cc.req, cc.f.lim); err != nil {
+			cc.sio.inPoll = false
+			cc.requestFailed(err)
+			return cc.leave(readyEnd)
+		}
+		if cc.req.readsMore() {
+			return cc.leave(readyParsed)
+		}
+		if !cc.forward() {
+			return cc.leave(readyEnd)
+		}
+		if cc.br.Buffered() == 0 {
+			return cc.waitNext()
+		}
+		// A pipelined request, or part of one.
+	}
+}
+
+func (cc *clientConn) leave(ready int) bool {
+	cc.sio.inPoll = false
+	cc.ready = ready
+	return true
+}
+
+// waitNext readies the connection for the wait in doReady's caller.
+func (cc *clientConn) waitNext() bool {
+	cc.sio.inPoll = false
+	cc.ready = readyEnd // unless the poller calls back
+	cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
+	if cc.f.open.Load() > lightLoad {
+		cc.release() // many connections: hold no buffer while waiting
+	}
+	cc.idle.Store(true)
+	return false
 }
 
 // flushHeld sends the answers held back for pipelined requests, if any

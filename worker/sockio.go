@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -32,7 +33,18 @@ type sockIO struct {
 	sent     int
 	sendErr  bool // errno is the send's
 	askFn    func(fd uintptr) bool
+
+	// inPoll is set, with fd, while a callback of the socket's own
+	// RawConn.Read runs (clientConn.serveReady): Read then makes one read
+	// without the poller, whose waiting is the callback's caller's, and
+	// reports EAGAIN as errAgain.
+	inPoll bool
+	fd     uintptr
 }
+
+// errAgain is Read's error inside the socket's RawConn.Read callback when
+// there is nothing to read yet.
+var errAgain = errors.New("nothing to read yet")
 
 // newReadWriter returns the fastest reader and writer for c: s set up for
 // c when c is a TCP connection, c itself otherwise (TLS).
@@ -75,6 +87,19 @@ func (s *sockIO) unsent() bool {
 func (s *sockIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if s.inPoll {
+		n, again, e := rawRW(syscall.SYS_READ, s.fd, p)
+		switch {
+		case again:
+			return 0, errAgain
+		case e != 0:
+			s.errno = e
+			return 0, s.result("read", nil)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
 	var err error
