@@ -137,7 +137,7 @@ func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBod
 		if err := cc.sendBody(up); err != nil {
 			return err, true
 		}
-	} else if err := up.flushAsk(); err != nil {
+	} else if err := up.bw.Flush(); err != nil {
 		return err, false
 	}
 	return cc.readFinalResponse(up), false

@@ -27,13 +27,6 @@ type sockIO struct {
 	readFn  func(fd uintptr) bool
 	writeFn func(fd uintptr) bool
 
-	// A request sent by the read that waits for its answer (sendWithRead).
-	sendNext bool   // the next Write is kept in pending, not sent
-	pending  []byte // what that Write was given, not copied
-	sent     int
-	sendErr  bool // errno is the send's
-	askFn    func(fd uintptr) bool
-
 	// inPoll is set, with fd, while a callback of the socket's own
 	// RawConn.Read runs (clientConn.serveReady): Read then makes one read
 	// without the poller, whose waiting is the callback's caller's, and
@@ -60,28 +53,7 @@ func newReadWriter(c net.Conn, s *sockIO) io.ReadWriter {
 	s.raw = raw
 	s.readFn = s.doRead
 	s.writeFn = s.doWrite
-	s.askFn = s.doAsk
 	return s
-}
-
-// sendWithRead makes the next Write send nothing: the next Read sends what
-// it was given and then waits for the answer without trying a read first,
-// which saves the read that would fail (nothing can be there before the
-// question has gone out).
-//
-// The poller forgets what it knew of the socket's readiness when a read
-// starts, so a read that skipped its first try could miss data that came
-// earlier. Here the send comes after that point, and whatever answers it,
-// data or a reset, comes after the send. Write keeps the slice it is given
-// without copying it: the caller must not change those bytes before the
-// Read (a bufio.Writer's buffer is left alone until its next write).
-func (s *sockIO) sendWithRead() { s.sendNext = true }
-
-// unsent reports whether a kept Write has not gone out yet, and forgets it.
-func (s *sockIO) unsent() bool {
-	kept := s.pending != nil
-	s.sendNext, s.pending = false, nil
-	return kept
 }
 
 func (s *sockIO) Read(p []byte) (int, error) {
@@ -102,12 +74,7 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
-	var err error
-	if s.pending != nil {
-		err = s.ask()
-	} else {
-		err = s.result("read", s.raw.Read(s.readFn))
-	}
+	err := s.result("read", s.raw.Read(s.readFn))
 	s.p = nil
 	switch {
 	case err != nil:
@@ -143,61 +110,9 @@ func (s *sockIO) doRead(fd uintptr) bool {
 	return true
 }
 
-// ask sends the kept Write, then reads its answer into s.p (see
-// sendWithRead). When the socket has no room for all of it, the rest goes
-// out as a Write does, and the read is an ordinary one. When the poller
-// fails before the send (a deadline already past), the Write stays kept
-// for the next Read.
-func (s *sockIO) ask() error {
-	s.sent, s.sendErr = 0, false
-	err := s.raw.Read(s.askFn)
-	rest := s.pending[s.sent:]
-	switch {
-	case s.sendErr:
-		s.pending = nil
-		return s.result("write", nil)
-	case err != nil && s.sent == 0:
-		return s.result("read", err)
-	}
-	s.pending = nil
-	if err != nil || len(rest) == 0 {
-		return s.result("read", err)
-	}
-	p := s.p
-	if _, err := s.Write(rest); err != nil {
-		return err
-	}
-	s.p, s.n, s.errno = p, 0, 0
-	return s.result("read", s.raw.Read(s.readFn))
-}
-
-// doAsk sends s.pending, then reads: false, after a whole send, asks the
-// poller to wait for the answer.
-func (s *sockIO) doAsk(fd uintptr) bool {
-	if s.sent < len(s.pending) {
-		for s.sent < len(s.pending) {
-			n, again, e := rawRW(syscall.SYS_WRITE, fd, s.pending[s.sent:])
-			if again {
-				return true // no room: ask finishes with a Write
-			}
-			if e != 0 {
-				s.errno, s.sendErr = e, true
-				return true
-			}
-			s.sent += n
-		}
-		return false
-	}
-	return s.doRead(fd)
-}
-
 func (s *sockIO) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
-	}
-	if s.sendNext {
-		s.sendNext, s.pending = false, p
-		return len(p), nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
 	err := s.result("write", s.raw.Write(s.writeFn))

@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -142,106 +141,5 @@ func TestSockIOErrorText(t *testing.T) {
 	want := "read tcp " + a.LocalAddr().String() + "->" + a.RemoteAddr().String() + ": i/o timeout"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %q, want %q", err, want)
-	}
-}
-
-// A question kept by sendWithRead goes out only with the read of its
-// answer, whole, also when it is larger than the socket buffers.
-func TestSockIOSendWithRead(t *testing.T) {
-	for _, size := range []int{100, 8 << 20} {
-		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			a, b := tcpPair(t)
-			var s sockIO
-			rw := newReadWriter(a, &s)
-			question := bytes.Repeat([]byte("q"), size)
-			s.sendWithRead()
-			if n, err := rw.Write(question); n != size || err != nil {
-				t.Fatalf("kept write: %d, %v; want %d, nil", n, err, size)
-			}
-			b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			if n, err := b.Read(make([]byte, 1)); n != 0 || !isTimeout(err) {
-				t.Fatalf("the peer read %d bytes (%v) before the answer was read; want none", n, err)
-			}
-			b.SetReadDeadline(time.Time{})
-			got := make(chan error, 1)
-			go func() {
-				p := make([]byte, size)
-				if _, err := io.ReadFull(b, p); err != nil {
-					got <- err
-					return
-				}
-				if !bytes.Equal(p, question) {
-					got <- errors.New("the question arrived changed")
-					return
-				}
-				_, err := b.Write([]byte("answer"))
-				got <- err
-			}()
-			buf := make([]byte, 16)
-			n, err := rw.Read(buf)
-			if err != nil || string(buf[:n]) != "answer" {
-				t.Fatalf("read %q, %v; want \"answer\"", buf[:n], err)
-			}
-			if err := <-got; err != nil {
-				t.Fatalf("peer: %v", err)
-			}
-			if s.unsent() {
-				t.Fatal("the question is still kept after it went out")
-			}
-			// The next write goes out at once.
-			rw.Write([]byte("next"))
-			b.SetReadDeadline(time.Now().Add(waitLimit))
-			if _, err := io.ReadFull(b, buf[:4]); err != nil || string(buf[:4]) != "next" {
-				t.Fatalf("peer read %q, %v; want \"next\"", buf[:4], err)
-			}
-		})
-	}
-}
-
-// A kept question to a peer that reset the connection fails as a write
-// does, and the kept bytes are forgotten.
-func TestSockIOSendWithReadToReset(t *testing.T) {
-	a, b := tcpPair(t)
-	b.(*net.TCPConn).SetLinger(0)
-	b.Close()
-	var s sockIO
-	rw := newReadWriter(a, &s)
-	var err error
-	for i := 0; i < 100 && err == nil; i++ {
-		s.sendWithRead()
-		rw.Write(make([]byte, 64<<10))
-		_, err = rw.Read(make([]byte, 8))
-		time.Sleep(time.Millisecond)
-	}
-	if !isStale(err) {
-		t.Fatalf("asking a reset peer: %v; want a reset, broken pipe or EOF", err)
-	}
-	if s.unsent() {
-		t.Fatal("the question is still kept after the failure")
-	}
-}
-
-// A read that fails before the kept question went out (its deadline had
-// passed) leaves the question kept: the next read sends it.
-func TestSockIOSendWithReadPastDeadline(t *testing.T) {
-	a, b := tcpPair(t)
-	var s sockIO
-	rw := newReadWriter(a, &s)
-	s.sendWithRead()
-	rw.Write([]byte("question"))
-	a.SetReadDeadline(time.Now().Add(-time.Second))
-	if _, err := rw.Read(make([]byte, 8)); !isTimeout(err) {
-		t.Fatalf("read past its deadline: %v; want a timeout", err)
-	}
-	a.SetReadDeadline(time.Now().Add(waitLimit))
-	go func() {
-		p := make([]byte, 8)
-		if _, err := io.ReadFull(b, p); err == nil && string(p) == "question" {
-			b.Write([]byte("answer"))
-		}
-	}()
-	buf := make([]byte, 8)
-	if n, err := rw.Read(buf); err != nil || string(buf[:n]) != "answer" {
-		t.Fatalf("read %q, %v; want \"answer\"", buf[:n], err)
 	}
 }

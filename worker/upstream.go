@@ -94,7 +94,7 @@ func (u *upstreams) idle(b *backend, replayable bool) *upConn {
 // put keeps uc for reuse, or closes it when the pool is full or its
 // buffers hold unread or unsent bytes.
 func (u *upstreams) put(b *backend, uc *upConn) {
-	if uc.br.Buffered() > 0 || uc.bw.Buffered() > 0 || uc.sio.unsent() {
+	if uc.br.Buffered() > 0 || uc.bw.Buffered() > 0 {
 		uc.c.Close()
 		return
 	}
@@ -159,19 +159,6 @@ func (u *upstreams) release(uc *upConn) {
 	u.bufs.putReader(uc.br)
 	u.bufs.putWriter(uc.bw)
 	uc.br, uc.bw = nil, nil
-}
-
-// flushAsk flushes a bodyless request. Over TCP it leaves the sending to
-// the read of the answer, which then need not try a read that would fail
-// (sockIO.sendWithRead).
-func (uc *upConn) flushAsk() error {
-	if uc.rw != io.ReadWriter(&uc.sio) {
-		return uc.bw.Flush()
-	}
-	uc.sio.sendWithRead()
-	err := uc.bw.Flush()
-	uc.sio.sendNext = false // Flush had nothing to write: no later Write is kept
-	return err
 }
 
 // open reports whether an idle connection is still usable: a non-blocking
