@@ -1183,20 +1183,31 @@ func TestRetriesTryEachLiveServerOnce(t *testing.T) {
 }
 
 // A kept-alive backend connection the server closed while it sat idle
-// fails on reuse: at the first read (closed) or already at the write
+// fails on reuse: at the first read (closed, or half-closed by a server
+// that lingers reading, as on a graceful restart) or already at the write
 // (reset). Either way the bodyless request goes again on a new connection,
 // also when it is not the first on its client connection.
 func TestStaleBackendConnectionRetried(t *testing.T) {
-	for _, reset := range []bool{false, true} {
-		t.Run(fmt.Sprintf("reset=%v", reset), func(t *testing.T) {
+	for _, how := range []string{"close", "reset", "half-close"} {
+		t.Run(how, func(t *testing.T) {
 			closed := make(chan struct{}, 4)
 			s := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
 				if _, err := http.ReadRequest(br); err != nil {
 					return
 				}
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				if reset {
+				switch how {
+				case "reset":
 					c.(*net.TCPConn).SetLinger(0)
+				case "half-close":
+					// Past the worker's response header timeout: a
+					// request waiting for an answer here fails.
+					c.(*net.TCPConn).CloseWrite()
+					closed <- struct{}{}
+					c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					io.Copy(io.Discard, c)
+					c.Close()
+					return
 				}
 				c.Close() // without saying so
 				closed <- struct{}{}
