@@ -48,12 +48,19 @@ func (f *frontend) waitZero(d time.Duration) {
 }
 
 // closeConns closes the client connections that are idle, or all of them.
+// A Close waits while the connection's serveReady callback runs (a request
+// under way, or one that came just as the connection was seen idle), so
+// each runs on its own, outside the lock: none holds up the others.
 func (f *frontend) closeConns(idleOnly bool) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	var cs []net.Conn
 	for cc := range f.conns {
 		if !idleOnly || cc.idle.Load() {
-			cc.c.Close()
+			cs = append(cs, cc.c)
 		}
+	}
+	f.mu.Unlock()
+	for _, c := range cs {
+		go c.Close()
 	}
 }

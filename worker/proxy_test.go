@@ -634,31 +634,87 @@ func TestKeptAliveConnectionTakesRequestsInEveryShape(t *testing.T) {
 	}
 }
 
-// A request that arrives while the worker waits on a backend for the
-// answer to a request with a body is read once that answer is out: the
-// wait for the next request starts with a read, since the poller may have
-// seen these bytes come already.
-func TestRequestArrivingDuringABackendWaitIsRead(t *testing.T) {
-	arrived := make(chan struct{}, 1)
-	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if r.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			time.Sleep(100 * time.Millisecond)
-		}
-		io.WriteString(w, r.URL.Path)
-	})
-	h := startWorker(t, testSettings(), s)
-	c, br := dialRaw(t, h)
-	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
-	select {
-	case <-arrived:
-	case <-time.After(waitLimit):
-		t.Fatal("the request never reached the backend")
+// Bytes that arrive while the worker waits on a backend are read once the
+// answer is out, though the poller may have seen them come already: the
+// worker waits for a client only after a read that left its socket empty,
+// FIN included. Each case sends first, then more while /slow is under way,
+// and wants the answers in order; a half-closing client wants the
+// connection closed right after them.
+func TestBytesArrivingDuringABackendWaitAreRead(t *testing.T) {
+	cases := []struct {
+		name, first, during string
+		halfClose           bool
+		answers             []string
+	}{
+		// /slow has a body: the worker read it the ordinary way.
+		{name: "after a request with a body",
+			first:   "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+			during:  "GET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+			answers: []string{"/slow", "/next"}},
+		// ... and a whole request was buffered behind it.
+		{name: "with a request buffered",
+			first:   "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+			during:  "GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+			answers: []string{"/slow", "/a", "/b"}},
+		// A client that half-closes after its last request.
+		{name: "then EOF",
+			first:     "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n",
+			during:    "GET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+			halfClose: true,
+			answers:   []string{"/slow", "/next"}},
 	}
-	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-	readAnswer(t, br, "POST /slow", "/slow")
-	readAnswer(t, br, "GET /next, sent while /slow was under way", "/next")
+	// Pipelined requests that fill the 16 KiB read buffer exactly, and one
+	// more: the read that takes the first ones leaves it in the socket.
+	req := "GET /p HTTP/1.1\r\nHost: x\r\nX-Pad: "
+	req += strings.Repeat("p", 64-len(req)-4) + "\r\n\r\n"
+	const n = 16<<10/64 + 1
+	burst := struct {
+		name, first, during string
+		halfClose           bool
+		answers             []string
+	}{name: "a burst over the read buffer",
+		first:   "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n",
+		during:  strings.Repeat(req, n),
+		answers: []string{"/slow"}}
+	for range n {
+		burst.answers = append(burst.answers, "/p")
+	}
+	cases = append(cases, burst)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			arrived := make(chan struct{}, 1)
+			_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				if r.URL.Path == "/slow" {
+					arrived <- struct{}{}
+					time.Sleep(100 * time.Millisecond)
+				}
+				io.WriteString(w, r.URL.Path)
+			})
+			h := startWorker(t, testSettings(), s) // idle timeout: longer than the read deadline
+			c, br := dialRaw(t, h)
+			io.WriteString(c, tc.first)
+			select {
+			case <-arrived:
+			case <-time.After(waitLimit):
+				t.Fatal("the request never reached the backend")
+			}
+			go func() {
+				io.WriteString(c, tc.during)
+				if tc.halfClose {
+					c.(*net.TCPConn).CloseWrite()
+				}
+			}()
+			for _, want := range tc.answers {
+				readAnswer(t, br, want, want)
+			}
+			if tc.halfClose {
+				if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+					t.Errorf("after the last answer to a half-closed client, read = %d, %v; want EOF", n, err)
+				}
+			}
+		})
+	}
 }
 
 func TestHTTP10Client(t *testing.T) {
@@ -1008,6 +1064,36 @@ func TestDrainEndsTunnels(t *testing.T) {
 		// connections: Run must track its tunnels itself.
 		t.Errorf("echo through the tunnel after Run returned = %q, want the tunnel closed by the drain", got)
 	}
+}
+
+// At the drain's deadline every connection is closed, and one whose
+// request waits on a backend does not hold up the others: closing it waits
+// for that request to finish (serveReady), so closes do not wait on each
+// other.
+func TestDrainDeadlineClosesAllDespiteARequestUnderWay(t *testing.T) {
+	so := newSlowOrigin(t, "a")
+	set := testSettings()
+	set.ResponseHeaderTimeout = time.Minute // past waitLimit: only the release ends /slow
+	h := startWorker(t, set, so.server)
+	slow := h.getAsync("/slow")
+	so.waitArrived(t)
+	// Connections sending a body that never ends: not idle, so closed only
+	// at the deadline.
+	var uploads []net.Conn
+	for range 4 {
+		c, _ := dialRaw(t, h)
+		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+		uploads = append(uploads, c)
+	}
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
+	for i, c := range uploads {
+		if _, err := io.ReadAll(c); isTimeout(err) {
+			t.Errorf("upload %d: not closed by the drain's deadline while /slow was under way (%v)", i+1, err)
+		}
+	}
+	so.free()
+	waitResult(t, slow)
+	h.mustReturn(t)
 }
 
 func TestDrainAnswersKeptAliveConnection(t *testing.T) {

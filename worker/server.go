@@ -327,17 +327,18 @@ const (
 // The point is the read that would fail. The runtime's poller forgets a
 // socket's readiness whenever a read starts, so each ordinary read must try
 // the system call before it may wait, and the read of the next request,
-// made right after an answer went out, nearly always fails. Inside a single
-// RawConn.Read nothing is forgotten: the callback returns false after an
-// answer, without reading, and the poller calls it again when data has
-// come since the last read (or, rarely, had come just before it: that read
-// then fails, as every one did before).
+// made right after an answer went out, nearly always fails. Within one
+// RawConn.Read nothing is forgotten: the poller calls the callback again
+// for whatever comes after the readiness it last took (the reset when
+// the Read began, or its latest wake-up). So the callback may wait without
+// reading once a read since then has left the socket empty, which TCP_INQ
+// tells (sockIO.askInq): no byte and no FIN behind it. Otherwise it reads
+// first, and that read may fail, as every one did before.
 //
 // The callback holds the socket's read lock, so reads of the client in it
 // go straight to the system call (sockIO.inPoll) and anything that reads
 // more than a buffered head is left to serve. Close waits for the
-// callback to return: the drain closes idle connections, which are
-// waiting outside it.
+// callback to return (see closeConns).
 func (cc *clientConn) serveReady() int {
 	cc.ready = readyEnd
 	if cc.br == nil || cc.br.Buffered() == 0 {
@@ -355,17 +356,23 @@ func (cc *clientConn) doReady(fd uintptr) bool {
 	cc.idle.Store(false)
 	cc.acquire()
 	cc.sio.inPoll, cc.sio.fd = true, fd
-	if cc.br.Buffered() == 0 {
-		if _, err := cc.br.Peek(1); err == errAgain {
-			return cc.waitNext()
-		} else if err != nil {
-			return cc.leave(readyEnd) // closed or reset between requests: no answer
-		}
-	}
+	emptied := false // by a read since the poller's readiness was taken
 	for {
+		if cc.br.Buffered() == 0 {
+			if emptied {
+				return cc.waitNext()
+			}
+			if _, err := cc.br.Peek(1); err == errAgain {
+				return cc.waitNext()
+			} else if err != nil {
+				return cc.leave(readyEnd) // closed or reset between requests: no answer
+			}
+			emptied = cc.sio.inq == 0
+		}
 		if !headBuffered(cc.br) {
 			return cc.leave(readyPartial)
 		}
+		// Whole, the head is parsed without a read (errAgain cannot come).
 		if err := readRequest(cc.br, &cc.req, cc.f.lim); err != nil {
 			cc.sio.inPoll = false
 			cc.requestFailed(err)
@@ -377,10 +384,6 @@ func (cc *clientConn) doReady(fd uintptr) bool {
 		if !cc.forward() {
 			return cc.leave(readyEnd)
 		}
-		if cc.br.Buffered() == 0 {
-			return cc.waitNext()
-		}
-		// A pipelined request, or part of one.
 	}
 }
 
@@ -392,6 +395,7 @@ func (cc *clientConn) leave(ready int) bool {
 
 // waitNext readies the connection for the wait in doReady's caller.
 func (cc *clientConn) waitNext() bool {
+	cc.sio.askInq() // kept alive: the next reads say what they leave
 	cc.sio.inPoll = false
 	cc.ready = readyEnd // unless the poller calls back
 	cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))

@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // sockIO reads and writes a TCP socket with raw system calls, waiting for
@@ -33,6 +35,16 @@ type sockIO struct {
 	// reports EAGAIN as errAgain.
 	inPoll bool
 	fd     uintptr
+
+	// With TCP_INQ on (askInq), such a read is a recvmsg that also says
+	// how many bytes it left in the socket, 1 or more if the peer's FIN is
+	// still to be read: inq, or -1 when unknown.
+	inq      int
+	inqAsked bool
+	inqOn    bool
+	msg      unix.Msghdr
+	iov      unix.Iovec
+	ctl      [32]byte // one cmsg with an int32
 }
 
 // errAgain is Read's error inside the socket's RawConn.Read callback when
@@ -53,6 +65,7 @@ func newReadWriter(c net.Conn, s *sockIO) io.ReadWriter {
 	s.raw = raw
 	s.readFn = s.doRead
 	s.writeFn = s.doWrite
+	s.inq = -1
 	return s
 }
 
@@ -61,7 +74,15 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	if s.inPoll {
-		n, again, e := rawRW(syscall.SYS_READ, s.fd, p)
+		var n int
+		var again bool
+		var e syscall.Errno
+		if s.inqOn {
+			n, again, e = s.recvInq(p)
+		} else {
+			s.inq = -1
+			n, again, e = rawRW(syscall.SYS_READ, s.fd, p)
+		}
 		switch {
 		case again:
 			return 0, errAgain
@@ -83,6 +104,47 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return s.n, nil
+}
+
+// askInq turns TCP_INQ on, once, for the reads of the RawConn.Read
+// callback (inPoll). Without it (kernels before 4.18) those reads cannot
+// tell whether they left anything behind.
+func (s *sockIO) askInq() {
+	if !s.inqAsked {
+		s.inqAsked = true
+		s.inqOn = unix.SetsockoptInt(int(s.fd), unix.SOL_TCP, unix.TCP_INQ, 1) == nil
+	}
+}
+
+// recvInq reads into p with recvmsg and sets s.inq from its TCP_CM_INQ
+// control message (-1 without one).
+func (s *sockIO) recvInq(p []byte) (n int, again bool, errno syscall.Errno) {
+	s.iov.Base = &p[0]
+	s.iov.SetLen(len(p))
+	s.msg.Iov = &s.iov
+	s.msg.SetIovlen(1)
+	s.msg.Control = &s.ctl[0]
+	s.inq = -1
+	for {
+		s.msg.SetControllen(len(s.ctl))
+		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, s.fd, uintptr(unsafe.Pointer(&s.msg)), 0)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			again = true
+		case 0:
+			n = int(r)
+			h := (*unix.Cmsghdr)(unsafe.Pointer(&s.ctl[0]))
+			if data := unix.CmsgLen(0); int(s.msg.Controllen) >= data+4 && h.Level == unix.SOL_TCP && h.Type == unix.TCP_CM_INQ {
+				s.inq = int(*(*int32)(unsafe.Pointer(&s.ctl[data])))
+			}
+		default:
+			errno = e
+		}
+		s.iov.Base = nil
+		return n, again, errno
+	}
 }
 
 // result returns the error of a call as net.Conn would: the poller's
