@@ -395,7 +395,7 @@ func (cc *clientConn) leave(ready int) bool {
 
 // waitNext readies the connection for the wait in doReady's caller.
 func (cc *clientConn) waitNext() bool {
-	cc.sio.askInq() // kept alive: the next reads say what they leave
+	cc.sio.askInq() // from now on, reads say what they leave
 	cc.sio.inPoll = false
 	cc.ready = readyEnd // unless the poller calls back
 	cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))

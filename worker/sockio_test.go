@@ -3,8 +3,10 @@ package worker
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -141,5 +143,49 @@ func TestSockIOErrorText(t *testing.T) {
 	want := "read tcp " + a.LocalAddr().String() + "->" + a.RemoteAddr().String() + ": i/o timeout"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %q, want %q", err, want)
+	}
+}
+
+// With TCP_INQ on, a read inside the socket's own RawConn.Read callback
+// says whether it left anything behind: bytes, or a FIN not yet read.
+func TestSockIOInqHint(t *testing.T) {
+	// reads reads sizes from a's socket as serveReady's callback does and
+	// returns, for each, what it got and whether it left nothing.
+	reads := func(t *testing.T, a net.Conn, sizes ...int) string {
+		var s sockIO
+		rw := newReadWriter(a, &s)
+		var got []string
+		err := s.raw.Control(func(fd uintptr) {
+			s.inPoll, s.fd = true, fd
+			defer func() { s.inPoll = false }()
+			s.askInq()
+			if !s.inqOn {
+				t.Skip("no TCP_INQ on this kernel")
+			}
+			deadline := time.Now().Add(waitLimit)
+			for _, size := range sizes {
+				n, err := rw.Read(make([]byte, size))
+				for err == errAgain && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond) // not here yet
+					n, err = rw.Read(make([]byte, size))
+				}
+				got = append(got, fmt.Sprintf("%d %v emptied=%v", n, err, s.inq == 0))
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(got, ", ")
+	}
+	a, b := tcpPair(t)
+	b.Write(bytes.Repeat([]byte("x"), 100))
+	if got, want := reads(t, a, 40, 60), "40 <nil> emptied=false, 60 <nil> emptied=true"; got != want {
+		t.Errorf("100 bytes read as 40 and 60: %s; want %s", got, want)
+	}
+	a, b = tcpPair(t)
+	b.Write(bytes.Repeat([]byte("x"), 100))
+	b.(*net.TCPConn).CloseWrite()
+	if got, want := reads(t, a, 40, 60, 8), "40 <nil> emptied=false, 60 <nil> emptied=false, 0 EOF emptied=false"; got != want {
+		t.Errorf("100 bytes and a FIN read as 40, 60 and 8: %s; want %s", got, want)
 	}
 }
