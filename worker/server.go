@@ -220,9 +220,10 @@ func (p *buffers) putWriter(bw *bufio.Writer) {
 }
 
 // lightLoad is the number of open connections up to which an idle
-// connection keeps its buffers (32 KiB) and waits in a plain read. Above it,
-// idle connections give their buffers back and wait with a peek, which
-// costs a system call per request but keeps 10,000 idle connections cheap.
+// connection keeps its buffers (32 KiB) while it waits. Above it, idle
+// connections give their buffers back, which keeps 10,000 of them cheap;
+// outside serveReady (TLS), they then wait with a peek, a system call more
+// per request.
 const lightLoad = 256
 
 // pipelineHold bounds how long answers to pipelined requests are held back
