@@ -42,9 +42,6 @@ type sockIO struct {
 	inq      int
 	inqAsked bool
 	inqOn    bool
-	msg      unix.Msghdr
-	iov      unix.Iovec
-	ctl      [32]byte // one cmsg with an int32
 }
 
 // errAgain is Read's error inside the socket's RawConn.Read callback when
@@ -119,31 +116,29 @@ func (s *sockIO) askInq() {
 // recvInq reads into p with recvmsg and sets s.inq from its TCP_CM_INQ
 // control message (-1 without one).
 func (s *sockIO) recvInq(p []byte) (n int, again bool, errno syscall.Errno) {
-	s.iov.Base = &p[0]
-	s.iov.SetLen(len(p))
-	s.msg.Iov = &s.iov
-	s.msg.SetIovlen(1)
-	s.msg.Control = &s.ctl[0]
+	var ctl [32]byte // one cmsg with an int32
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Iov: &iov, Control: &ctl[0]}
+	msg.SetIovlen(1)
 	s.inq = -1
 	for {
-		s.msg.SetControllen(len(s.ctl))
-		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, s.fd, uintptr(unsafe.Pointer(&s.msg)), 0)
+		msg.SetControllen(len(ctl))
+		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, s.fd, uintptr(unsafe.Pointer(&msg)), 0)
 		switch e {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			again = true
+			return 0, true, 0
 		case 0:
-			n = int(r)
-			h := (*unix.Cmsghdr)(unsafe.Pointer(&s.ctl[0]))
-			if data := unix.CmsgLen(0); int(s.msg.Controllen) >= data+4 && h.Level == unix.SOL_TCP && h.Type == unix.TCP_CM_INQ {
-				s.inq = int(*(*int32)(unsafe.Pointer(&s.ctl[data])))
+			h := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+			if data := unix.CmsgLen(0); int(msg.Controllen) >= data+4 && h.Level == unix.SOL_TCP && h.Type == unix.TCP_CM_INQ {
+				s.inq = int(*(*int32)(unsafe.Pointer(&ctl[data])))
 			}
+			return int(r), false, 0
 		default:
-			errno = e
+			return 0, false, e
 		}
-		s.iov.Base = nil
-		return n, again, errno
 	}
 }
 
