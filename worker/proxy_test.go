@@ -80,6 +80,19 @@ func exchange(t *testing.T, addr, method, raw string) (*http.Response, []byte) {
 	return res, body
 }
 
+// readEcho reads a response of the echo backend from br and decodes what
+// it saw.
+func readEcho(br *bufio.Reader) (echoed, error) {
+	var e echoed
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return e, err
+	}
+	defer res.Body.Close()
+	err = json.NewDecoder(res.Body).Decode(&e)
+	return e, err
+}
+
 // echoExchange sends a raw GET with the given request line target and
 // header lines through the proxy and returns what the echo backend saw.
 func echoExchange(t *testing.T, h *harness, target string, headers ...string) echoed {
@@ -563,13 +576,7 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	fmt.Fprintf(&raw, "GET /6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	io.WriteString(c, raw.String())
 	for i := 0; i <= 6; i++ {
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("reading response %d: %v", i, err)
-		}
-		var e echoed
-		err = json.NewDecoder(res.Body).Decode(&e)
-		res.Body.Close()
+		e, err := readEcho(br)
 		if err != nil || e.RequestURI != "/"+strconv.Itoa(i) {
 			t.Errorf("response %d answers %q (%v), want /%d", i, e.RequestURI, err, i)
 		}
@@ -593,14 +600,7 @@ func TestKeptAliveConnectionTakesRequestsInEveryShape(t *testing.T) {
 	pause := func() { time.Sleep(20 * time.Millisecond) }
 	answer := func(uri string, bodyLen int) {
 		t.Helper()
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("reading the answer to %s: %v", uri, err)
-		}
-		var e echoed
-		err = json.NewDecoder(res.Body).Decode(&e)
-		res.Body.Close()
-		if err != nil || e.RequestURI != uri || e.BodyLen != bodyLen {
+		if e, err := readEcho(br); err != nil || e.RequestURI != uri || e.BodyLen != bodyLen {
 			t.Fatalf("answer to %s: %+v (%v); want %s with a body of %d", uri, e, err, uri, bodyLen)
 		}
 	}

@@ -341,7 +341,7 @@ const (
 // more than a buffered head is left to serve. Close waits for the
 // callback to return (see closeConns).
 func (cc *clientConn) serveReady() int {
-	cc.ready = readyEnd
+	cc.ready = readyEnd // until the callback leaves otherwise
 	if cc.br == nil || cc.br.Buffered() == 0 {
 		cc.idle.Store(true)
 		cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
@@ -398,7 +398,6 @@ func (cc *clientConn) leave(ready int) bool {
 func (cc *clientConn) waitNext() bool {
 	cc.sio.askInq() // from now on, reads say what they leave
 	cc.sio.inPoll = false
-	cc.ready = readyEnd // unless the poller calls back
 	cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
 	if cc.f.open.Load() > lightLoad {
 		cc.release() // many connections: hold no buffer while waiting
