@@ -75,6 +75,12 @@ type ProxyConfig struct {
 	// MaxBodyBytes bounds a client's request body; a larger one is answered
 	// 413. If zero, there is no limit. Default 0.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// NotsentLowat is TCP_NOTSENT_LOWAT on client connections: how many
+	// bytes of an answer may wait unsent in a client socket before weldr
+	// stops writing to it. If zero, the kernel's setting
+	// (net.ipv4.tcp_notsent_lowat) applies; else 1024..16777216.
+	// Default 16384.
+	NotsentLowat int `toml:"notsent_lowat"`
 }
 
 // AdminConfig is the [admin] section: the management API.
@@ -164,6 +170,7 @@ func Default() *Config {
 			MaxRequestLine:        8 << 10,
 			MaxConnections:        10000,
 			MaxBodyBytes:          0,
+			NotsentLowat:          16 << 10,
 		},
 		Admin: AdminConfig{
 			Listen: "127.0.0.1:8687",
@@ -385,6 +392,9 @@ func (c *Config) Validate() error {
 	}
 	if p.MaxBodyBytes < 0 {
 		add("proxy.max_body_bytes", "must not be negative")
+	}
+	if p.NotsentLowat != 0 && (p.NotsentLowat < 1<<10 || p.NotsentLowat > 16<<20) {
+		add("proxy.notsent_lowat", "must be 0 or between 1024 and 16777216")
 	}
 
 	a := c.Admin

@@ -139,7 +139,7 @@ func TestConfigEnvNames(t *testing.T) {
 		}
 	}
 	// Every key of every section has a variable; servers has none.
-	if got, want := len(vars), 12+3+5+1+2+3; got != want {
+	if got, want := len(vars), 13+3+5+1+2+3; got != want {
 		t.Errorf("len(envVars()) = %d, want %d", got, want)
 	}
 }
@@ -155,6 +155,7 @@ preserve_host = false
 max_request_line = 4096
 max_connections = 50000
 max_body_bytes = 1048576
+notsent_lowat = 0
 
 [admin]
 listen = "[::]:8687"
@@ -187,6 +188,7 @@ weight = 5
 	want.Proxy.MaxRequestLine = 4096
 	want.Proxy.MaxConnections = 50000
 	want.Proxy.MaxBodyBytes = 1 << 20
+	want.Proxy.NotsentLowat = 0
 	want.Admin.Listen = "[::]:8687"
 	want.Admin.Insecure = true
 	want.Health.Path = "/healthz"
@@ -330,6 +332,9 @@ func TestConfigInvalidValue(t *testing.T) {
 		{"max_connections big", "[proxy]\nmax_connections = 10000001\n", "proxy.max_connections: must be between 0 and 10000000"},
 		{"max_body_bytes negative", "[proxy]\nmax_body_bytes = -1\n", "proxy.max_body_bytes: must not be negative"},
 		{"max_body_bytes string", "[proxy]\nmax_body_bytes = \"1MB\"\n", "max_body_bytes"},
+		{"notsent_lowat small", "[proxy]\nnotsent_lowat = 1023\n", "proxy.notsent_lowat: must be 0 or between 1024 and 16777216"},
+		{"notsent_lowat big", "[proxy]\nnotsent_lowat = 16777217\n", "proxy.notsent_lowat: must be 0 or between 1024 and 16777216"},
+		{"notsent_lowat negative", "[proxy]\nnotsent_lowat = -1\n", "proxy.notsent_lowat: must be 0 or between 1024 and 16777216"},
 		{"insecure string", "[admin]\ninsecure = \"yes\"\n", "insecure"},
 		{"admin token space", "[admin]\ntoken = \"s3cret\\n\"\n", "admin.token: must not contain spaces or control characters"},
 		{"admin open", "[admin]\nlisten = \"0.0.0.0:8687\"\n", "admin.token: required when admin.listen (0.0.0.0:8687) is not a loopback address; " +

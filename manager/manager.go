@@ -146,7 +146,7 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.Lifecycle.PIDFile})
+	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.Lifecycle.PIDFile, ListenConfig: listenConfig()})
 	if err != nil {
 		return fmt.Errorf("setting up upgrades: %w", err)
 	}
@@ -155,6 +155,10 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	proxyLn, err := upg.Listen("tcp", cfg.Proxy.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy.listen: %w", err)
+	}
+	// Set on every generation, since the listener may be inherited.
+	if err := setNotsentLowat(proxyLn, cfg.Proxy.NotsentLowat); err != nil {
+		log.Warn("proxy.notsent_lowat not applied; client sockets keep the kernel's setting", "error", err)
 	}
 	adminLn, err := upg.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A worker's socket for a client carries proxy.notsent_lowat, and after a
+// SIGHUP with a new value, the next generation's connections carry that.
+// The socket is taken from the worker itself with pidfd_getfd(2).
+func TestNotsentLowatOnClientSockets(t *testing.T) {
+	d := start(t, options{})
+	d.register(t, backend(t, "a").URL)
+	check := func(want int) {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(d.proxy, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// An answer on the connection shows a worker has accepted it.
+		fmt.Fprint(c, "GET /large HTTP/1.1\r\nHost: weldr\r\n\r\n")
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := io.Copy(io.Discard, res.Body); err != nil || n != int64(len(largeBody)) {
+			t.Fatalf("GET /large: %d bytes, %v; want %d", n, err, len(largeBody))
+		}
+		got, err := peerSocketOption(children(d.pid(t)), c, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOSYS) {
+			t.Skipf("cannot take a worker's socket here: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("the worker's socket for the client has TCP_NOTSENT_LOWAT %d, want %d", got, want)
+		}
+	}
+	check(16384) // the default
+
+	good, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.writeConfig(t, strings.Replace(string(good), "[proxy]\n", "[proxy]\nnotsent_lowat = 65536\n", 1))
+	d.upgrade(t)
+	check(65536)
+}
+
+// peerSocketOption finds, among the open files of pids, the socket at the
+// other end of c, and returns the value of its option level/opt.
+func peerSocketOption(pids []int, c net.Conn, level, opt int) (int, error) {
+	local, remote := c.RemoteAddr().String(), c.LocalAddr().String()
+	for _, pid := range pids {
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			return 0, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		}
+		defer unix.Close(pidfd)
+		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range entries {
+			target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+			n, err := strconv.Atoi(e.Name())
+			if err != nil || !strings.HasPrefix(target, "socket:") {
+				continue
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if err != nil {
+				return 0, fmt.Errorf("pidfd_getfd %d of %d: %w", n, pid, err)
+			}
+			v, found, err := optionIfConn(fd, local, remote, level, opt)
+			unix.Close(fd)
+			if found {
+				return v, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no socket %s <-> %s in processes %v", local, remote, pids)
+}
+
+// optionIfConn reads the option of fd if fd is the TCP socket local <-> remote.
+func optionIfConn(fd int, local, remote string, level, opt int) (int, bool, error) {
+	la, err1 := unix.Getsockname(fd)
+	ra, err2 := unix.Getpeername(fd)
+	if err1 != nil || err2 != nil || sockaddrString(la) != local || sockaddrString(ra) != remote {
+		return 0, false, nil
+	}
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	return v, true, err
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return ""
+}
