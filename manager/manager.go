@@ -156,10 +156,6 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	if err != nil {
 		return fmt.Errorf("proxy.listen: %w", err)
 	}
-	// Set on every generation, since the listener may be inherited.
-	if err := setNotsentLowat(proxyLn, cfg.Proxy.NotsentLowat); err != nil {
-		log.Warn("proxy.notsent_lowat not applied; client sockets keep the kernel's setting", "error", err)
-	}
 	adminLn, err := upg.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin.listen: %w", err)
@@ -222,6 +218,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	stopChecks := m.startHealthChecks()
 	defer stopChecks()
 
+	m.applyNotsentLowat()
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("signalling ready: %w", err)
 	}

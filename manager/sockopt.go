@@ -3,6 +3,7 @@ package manager
 import (
 	"errors"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,17 +19,23 @@ func listenConfig() *net.ListenConfig {
 	return lc
 }
 
-// setNotsentLowat sets TCP_NOTSENT_LOWAT to n on the proxy's listening
-// socket, which the connections it accepts inherit; 0 gives them the
-// kernel's setting. With the unsent part of an answer kept small, a large
-// body waits in the backend's socket rather than in the client's, and
-// reaches the client faster (docs/BENCHMARKS.md, "A small send queue").
-func setNotsentLowat(ln net.Listener, n int) error {
-	tl, ok := ln.(*net.TCPListener)
-	if !ok {
-		return nil
+// applyNotsentLowat sets proxy.notsent_lowat on the proxy's listening
+// socket, which the connections it accepts inherit. The socket is shared with
+// every generation: a new one sets its value when it is ready, and one whose
+// upgrade failed sets its own again.
+func (m *Manager) applyNotsentLowat() {
+	if err := setNotsentLowat(m.proxyFile, m.cfg.Proxy.NotsentLowat); err != nil {
+		m.log.Warn("proxy.notsent_lowat not applied; client sockets keep the kernel's setting", "error", err)
 	}
-	rc, err := tl.SyscallConn()
+}
+
+// setNotsentLowat sets TCP_NOTSENT_LOWAT to n on the listening socket c;
+// 0 gives the connections it accepts the kernel's setting. With the unsent
+// part of an answer kept small, a large body waits in the backend's socket
+// rather than in the client's, and reaches the client faster
+// (docs/BENCHMARKS.md, "A small send queue for large bodies").
+func setNotsentLowat(c syscall.Conn, n int) error {
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
@@ -36,8 +43,10 @@ func setNotsentLowat(ln net.Listener, n int) error {
 	if err := rc.Control(func(fd uintptr) {
 		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_MPTCP {
 			// Opened by an older generation: what it accepts would not
-			// inherit the option.
-			serr = errors.New("the listener, inherited, is a Multipath TCP socket; restart weldr to open it for TCP")
+			// inherit the option, and has the kernel's setting.
+			if n != 0 {
+				serr = errors.New("the listener, inherited, is a Multipath TCP socket; restart weldr to open it for TCP")
+			}
 			return
 		}
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)

@@ -18,10 +18,10 @@ func TestNotsentLowatReachesAcceptedConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		if err := setNotsentLowat(ln, 4096); err != nil {
+		if err := setNotsentLowat(ln.(*net.TCPListener), 4096); err != nil {
 			t.Fatalf("setNotsentLowat(4096): %v", err)
 		}
-		if err := setNotsentLowat(ln, n); err != nil {
+		if err := setNotsentLowat(ln.(*net.TCPListener), n); err != nil {
 			t.Fatalf("setNotsentLowat(%d): %v", n, err)
 		}
 		c, err := net.Dial("tcp", ln.Addr().String())
@@ -77,7 +77,7 @@ func TestNotsentLowatOnAMultipathListenerIsAnError(t *testing.T) {
 	if proto != unix.IPPROTO_MPTCP {
 		t.Skip("this kernel does not offer Multipath TCP")
 	}
-	if err := setNotsentLowat(ln, 16<<10); err == nil || !strings.Contains(err.Error(), "Multipath TCP") {
+	if err := setNotsentLowat(ln.(*net.TCPListener), 16<<10); err == nil || !strings.Contains(err.Error(), "Multipath TCP") {
 		t.Errorf("setNotsentLowat on a Multipath TCP listener = %v, want an error naming it", err)
 	}
 }

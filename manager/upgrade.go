@@ -60,6 +60,7 @@ func (m *Manager) upgrader(upg *tableflip.Upgrader, hup <-chan os.Signal, done <
 			}
 			if err := upg.Upgrade(); err != nil {
 				m.setHandover(false)
+				m.applyNotsentLowat() // the new generation may have set its own
 				m.upgradeFailures.Add(1)
 				m.log.Error("upgrade failed, this generation keeps serving", "error", err)
 				continue

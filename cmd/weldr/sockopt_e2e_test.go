@@ -10,7 +10,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,9 +56,30 @@ func TestNotsentLowatOnClientSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.writeConfig(t, strings.Replace(string(good), "[proxy]\n", "[proxy]\nnotsent_lowat = 65536\n", 1))
+	changed := strings.Replace(string(good), "[proxy]\n", "[proxy]\nnotsent_lowat = 65536\n", 1)
+	d.writeConfig(t, changed)
 	d.upgrade(t)
 	check(65536)
+
+	// A generation that fails to start (its admin address is taken) leaves
+	// the serving one with its own value.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	failing := strings.Replace(changed, "notsent_lowat = 65536", "notsent_lowat = 32768", 1)
+	failing = strings.Replace(failing, "[admin]\nlisten = \""+strings.TrimPrefix(d.admin, "http://")+"\"", "[admin]\nlisten = \""+busy.Addr().String()+"\"", 1)
+	if failing == changed {
+		t.Fatal("could not rewrite the configuration")
+	}
+	d.writeConfig(t, failing)
+	syscall.Kill(d.pid(t), syscall.SIGHUP)
+	waitFor(t, 30*time.Second, "the failed upgrade to be counted", func() bool {
+		return d.metric(t, "weldr_upgrade_failures_total") == 1
+	})
+	check(65536)
+	d.writeConfig(t, changed)
 }
 
 // peerSocketOption finds, among the open files of pids, the socket at the
@@ -65,6 +88,9 @@ func peerSocketOption(pids []int, c net.Conn, level, opt int) (int, error) {
 	local, remote := c.RemoteAddr().String(), c.LocalAddr().String()
 	for _, pid := range pids {
 		pidfd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue // gone since it was listed
+		}
 		if err != nil {
 			return 0, fmt.Errorf("pidfd_open %d: %w", pid, err)
 		}
@@ -80,6 +106,9 @@ func peerSocketOption(pids []int, c net.Conn, level, opt int) (int, error) {
 				continue
 			}
 			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			if errors.Is(err, unix.EBADF) || errors.Is(err, unix.ESRCH) {
+				continue // closed, or the process gone, since it was listed
+			}
 			if err != nil {
 				return 0, fmt.Errorf("pidfd_getfd %d of %d: %w", n, pid, err)
 			}
