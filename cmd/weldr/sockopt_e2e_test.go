@@ -17,9 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A worker's socket for a client carries proxy.notsent_lowat, and after a
-// SIGHUP with a new value, the next generation's connections carry that.
-// The socket is taken from the worker itself with pidfd_getfd(2).
+// A worker's socket for a client carries proxy.notsent_lowat; after a
+// SIGHUP with a new value, the next generation's connections carry that,
+// and after a SIGHUP whose new generation fails, the serving one's value
+// stands. The socket is taken from the worker itself with pidfd_getfd(2).
 func TestNotsentLowatOnClientSockets(t *testing.T) {
 	d := start(t, options{})
 	d.register(t, backend(t, "a").URL)
