@@ -35,10 +35,7 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	}
 	buf = buf[:n]
 	if _, err := io.ReadFull(r, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("reading frame payload: %w", err)
+		return nil, payloadError(err)
 	}
 	return buf, nil
 }
@@ -87,6 +84,9 @@ type Conn struct {
 	w    io.Writer
 	rbuf []byte
 	wbuf []byte
+	// want is the payload size of a frame too large for r's buffer whose
+	// header Receive has consumed; rbuf holds what of it has arrived.
+	want int
 }
 
 // NewConn returns a Conn over rw, typically a *net.UnixConn.
@@ -110,19 +110,75 @@ func (c *Conn) Send(m *Message) error {
 	return nil
 }
 
-// Buffered reports whether received bytes wait to be read, that is whether
+// Buffered reports whether a whole frame waits to be read, that is whether
 // Receive would return without reading from the pipe.
-func (c *Conn) Buffered() bool { return c.r.Buffered() > 0 }
+func (c *Conn) Buffered() bool {
+	n := c.r.Buffered()
+	if c.want != 0 {
+		return n >= c.want-len(c.rbuf)
+	}
+	if n < 4 {
+		return false
+	}
+	hdr, _ := c.r.Peek(4)
+	size := binary.BigEndian.Uint32(hdr)
+	return size > MaxFrameSize || uint64(n-4) >= uint64(size)
+}
 
 // Receive reads the next frame into m. It returns io.EOF when the peer closed
-// the pipe between frames.
+// the pipe between frames. A read error, such as a passed deadline, loses
+// nothing: the next Receive goes on with the same frame. A frame that does
+// not decode is consumed; one over MaxFrameSize is not, and fails every
+// Receive after.
 func (c *Conn) Receive(m *Message) error {
-	p, err := ReadFrame(c.r, c.rbuf)
-	if err != nil {
-		return err
+	if c.want == 0 {
+		hdr, err := c.r.Peek(4)
+		if err != nil {
+			if err == io.EOF && len(hdr) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return err // io.EOF here means the peer closed cleanly between frames
+		}
+		size := binary.BigEndian.Uint32(hdr)
+		if size > MaxFrameSize {
+			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, size, MaxFrameSize)
+		}
+		n := int(size)
+		if n <= c.r.Size()-4 {
+			// Decoded where it lies: Decode copies what it keeps.
+			p, err := c.r.Peek(4 + n)
+			if err != nil {
+				return payloadError(err)
+			}
+			err = Decode(p[4:], m)
+			c.r.Discard(4 + n)
+			return err
+		}
+		c.r.Discard(4)
+		c.want = n
+		if cap(c.rbuf) < n {
+			c.rbuf = make([]byte, 0, n)
+		}
+		c.rbuf = c.rbuf[:0]
 	}
-	if cap(p) <= 1<<20 {
-		c.rbuf = p
+	for len(c.rbuf) < c.want {
+		k, err := c.r.Read(c.rbuf[len(c.rbuf):c.want])
+		c.rbuf = c.rbuf[:len(c.rbuf)+k]
+		if err != nil && len(c.rbuf) < c.want {
+			return payloadError(err)
+		}
+	}
+	p := c.rbuf
+	c.want = 0
+	if cap(p) > 1<<20 {
+		c.rbuf = nil // do not pin a large snapshot's buffer
 	}
 	return Decode(p, m)
+}
+
+func payloadError(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("reading frame payload: %w", err)
 }

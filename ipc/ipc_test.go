@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,10 +175,114 @@ func TestRejects(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("ReadFrame+Decode(%x) = %v, want an error containing %q", tc.input, err, tc.want)
 			}
+			if err := readerConn(tc.input).Receive(&m); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Receive(%x) = %v, want an error containing %q", tc.input, err, tc.want)
+			}
 		})
 	}
 	if _, err := ReadFrame(bytes.NewReader(huge), nil); !errors.Is(err, ErrFrameTooLarge) {
 		t.Errorf("ReadFrame(oversized) = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+// readerConn is a Conn that receives b.
+func readerConn(b []byte) *Conn {
+	return NewConn(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(b), io.Discard})
+}
+
+// A Receive cut short by its read deadline keeps what it read: the next
+// one returns the same frame. Worker pipes are given a passed deadline to
+// wake their reader wherever it is.
+func TestReceiveGoesOnAfterItsDeadline(t *testing.T) {
+	big := Message{Kind: Snapshot, Settings: &Settings{}}
+	for i := 0; i < 3000; i++ {
+		id := net.JoinHostPort("10.1."+itoa(i/250)+"."+itoa(i%250), "8080")
+		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	small := Message{Kind: AddServer, Version: 9, Servers: Servers{{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001", Weight: 1}}}
+	next := Message{Kind: RemoveServer, Version: 10, ID: "127.0.0.1:9001"}
+	for _, want := range []Message{small, big} {
+		b, err := AppendFrame(nil, &want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want.Kind == Snapshot && len(b) <= 64<<10 {
+			t.Fatalf("the large frame is %d bytes, not larger than Receive's buffer", len(b))
+		}
+		after, err := AppendFrame(nil, &next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cuts := []int{0, 1, 3, 4, 5, len(b) / 2, len(b) - 1}
+		if want.Kind == Snapshot {
+			cuts = append(cuts, 64<<10-1, 64<<10, 64<<10+1, 100<<10)
+		}
+		for _, cut := range cuts {
+			t.Run(want.Kind.String()+"/cut at "+itoa(cut), func(t *testing.T) {
+				tx, rx := socketpair(t)
+				c := NewConn(rx)
+				done := make(chan error, 1)
+				// The first part, in two pieces, each read by a Receive
+				// that is waiting for more when its deadline passes.
+				for _, part := range [][]byte{b[:cut/2], b[cut/2 : cut]} {
+					rx.SetReadDeadline(time.Time{})
+					var m Message
+					go func() { done <- c.Receive(&m) }()
+					if _, err := tx.Write(part); err != nil {
+						t.Fatal(err)
+					}
+					waitRead(t, rx)
+					rx.SetReadDeadline(time.Unix(1, 0))
+					if err := <-done; !errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatalf("Receive() with %d of %d bytes sent and a passed deadline = %v, want a timeout", cut, len(b), err)
+					}
+				}
+				rx.SetReadDeadline(time.Now().Add(10 * time.Second)) // fail, not hang, on a lost byte
+				go func() {
+					_, err := tx.Write(append(b[cut:len(b):len(b)], after...))
+					done <- err
+				}()
+				var got Message
+				if err := c.Receive(&got); err != nil {
+					t.Fatalf("Receive() after the rest was sent = %v", err)
+				}
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("Receive() after the rest was sent returned a different %s", got.Kind)
+				}
+				if err := c.Receive(&got); err != nil || !reflect.DeepEqual(got, next) {
+					t.Errorf("the frame after: Receive() = %v, %+v; want %+v", err, got, next)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// waitRead waits until c's reader has taken every byte sent to it.
+func waitRead(t *testing.T, c net.Conn) {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		var n int
+		var ierr error
+		raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes sent were not read within 10s", n)
+		}
 	}
 }
 
@@ -234,6 +340,144 @@ func FuzzReadFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Receive, which decodes a frame where it lies in its buffer, agrees with
+// ReadFrame and Decode on every input, frame by frame: the same message or
+// the same error. Its reader hands over a few bytes at a time and fails
+// with a passed deadline now and then, which Receive must shrug off.
+func FuzzReceive(f *testing.F) {
+	for _, m := range sampleMessages() {
+		b, err := AppendFrame(nil, &m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(append(b, b...), uint8(3))
+	}
+	big := Message{Kind: Snapshot, Settings: &Settings{}}
+	for i := 0; i < 2000; i++ {
+		id := net.JoinHostPort("10.2."+itoa(i/250)+"."+itoa(i%250), "8080")
+		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	b, err := AppendFrame(nil, &big)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b, uint8(200))
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 2, 0x81, 0xa1}, uint8(1))
+	f.Add([]byte{0, 0, 0, 9, 0x81}, uint8(2))
+	f.Add(frame([]byte{0x81, 0xa1, 'k', 0x07, 0x00}), uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
+		r := bytes.NewReader(data)
+		c := NewConn(struct {
+			io.Reader
+			io.Writer
+		}{&stutterReader{data: data, chunk: int(chunk)%64 + 1}, io.Discard})
+		for i := 0; ; i++ {
+			var want, got Message
+			p, werr := ReadFrame(r, nil)
+			frameErr := werr != nil
+			if werr == nil {
+				werr = Decode(p, &want)
+			}
+			gerr := c.Receive(&got)
+			for errors.Is(gerr, os.ErrDeadlineExceeded) {
+				gerr = c.Receive(&got)
+			}
+			if fmt.Sprint(gerr) != fmt.Sprint(werr) {
+				t.Fatalf("frame %d: Receive() = %v, ReadFrame+Decode = %v", i, gerr, werr)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("frame %d: Receive() = %+v, ReadFrame+Decode = %+v", i, got, want)
+			}
+			if frameErr {
+				return // the stream ended or broke
+			}
+		}
+	})
+}
+
+// stutterReader reads data at most chunk bytes at a time, and fails every
+// third read with a passed deadline, as a pipe whose reader is nudged does.
+type stutterReader struct {
+	data  []byte
+	chunk int
+	reads int
+}
+
+func (r *stutterReader) Read(p []byte) (int, error) {
+	r.reads++
+	if r.reads%3 == 0 {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.chunk)], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// Buffered says whether a whole frame waits, not just some bytes: a worker
+// publishes its pool when it does not.
+func TestBufferedMeansAWholeFrame(t *testing.T) {
+	m := Message{Kind: RemoveServer, Version: 3, ID: "127.0.0.1:9001"}
+	b, err := AppendFrame(nil, &m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := Message{Kind: Snapshot, Settings: &Settings{}}
+	for i := 0; i < 3000; i++ {
+		id := net.JoinHostPort("10.3."+itoa(i/250)+"."+itoa(i%250), "8080")
+		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	bb, err := AppendFrame(nil, &big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		first []byte // a frame Receive returns first
+		rest  []byte
+		want  bool
+	}{
+		{"nothing after", b, nil, false},
+		{"part of a header after", b, b[:3], false},
+		{"a header after", b, b[:4], false},
+		{"most of a frame after", b, b[:len(b)-1], false},
+		{"a whole frame after", b, b, true},
+		{"an oversized header after", b, []byte{0xff, 0xff, 0xff, 0xff}, true},
+		{"most of a large frame after", b, bb[:len(bb)-1], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := readerConn(append(append([]byte(nil), tc.first...), tc.rest...))
+			var got Message
+			if err := c.Receive(&got); err != nil {
+				t.Fatal(err)
+			}
+			if c.Buffered() != tc.want {
+				t.Errorf("Buffered() = %v, want %v", !tc.want, tc.want)
+			}
+		})
+	}
+	// A large frame whose first part Receive has taken.
+	c := NewConn(struct {
+		io.Reader
+		io.Writer
+	}{&stutterReader{data: bb, chunk: 64 << 10}, io.Discard})
+	var got Message
+	for {
+		err := c.Receive(&got)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
+		}
+		if c.want != 0 && c.Buffered() {
+			t.Errorf("Buffered() = true with %d of a %d-byte frame read", len(c.rbuf), c.want)
+		}
+	}
 }
 
 // normalize maps empty lists to nil: omitempty drops them on encode.
