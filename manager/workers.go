@@ -32,6 +32,9 @@ type workerProc struct {
 	// the pipeWriter drains out without counting: the worker is killed.
 	queued atomic.Int64
 	raw    syscall.RawConn
+	// bell, if not nil, is rung with the version of each pool change once
+	// it is in the pipe, by whoever wrote it there.
+	bell *ipc.Bell
 	// Guarded by Manager.mu.
 	ready   bool
 	killed  bool
@@ -131,12 +134,25 @@ func (m *Manager) runWorker(slot int) error {
 		Stderr:     os.Stderr,
 		ExtraFiles: []*os.File{m.proxyFile, theirs}, // fd 3, fd 4
 	}
+	// Without a bell (fd 5) the worker still gets every change, only later
+	// when it is busy.
+	bell, bellFile, err := ipc.NewBell()
+	if err != nil {
+		m.log.Warn("pool changes will reach a busy worker later", "slot", slot, "error", err)
+	} else {
+		defer bell.Close() // after the pipeWriter, which rings it, is done
+		cmd.ExtraFiles = append(cmd.ExtraFiles, bellFile)
+		cmd.Env = append(cmd.Env, ipc.BellEnv+"=5")
+	}
 	err = cmd.Start()
 	theirs.Close()
+	if bellFile != nil {
+		bellFile.Close()
+	}
 	if err != nil {
 		return fmt.Errorf("starting worker: %w", err)
 	}
-	wp := &workerProc{slot: slot, cmd: cmd, out: make(chan *ipc.Message, outQueue)}
+	wp := &workerProc{slot: slot, cmd: cmd, out: make(chan *ipc.Message, outQueue), bell: bell}
 	if sc, ok := conn.(syscall.Conn); ok {
 		wp.raw, _ = sc.SyscallConn()
 	}
@@ -176,12 +192,12 @@ func (m *Manager) runWorker(slot int) error {
 	return errors.New("worker exited")
 }
 
-// workerEnv is the manager's environment without tableflip's variables: a
-// worker is not a new generation and must not act as one.
+// workerEnv is the manager's environment without tableflip's variables (a
+// worker is not a new generation and must not act as one) or a bell's.
 func workerEnv(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, "TABLEFLIP_") {
+		if !strings.HasPrefix(kv, "TABLEFLIP_") && !strings.HasPrefix(kv, ipc.BellEnv+"=") {
 			out = append(out, kv)
 		}
 	}
@@ -193,6 +209,11 @@ func workerEnv(env []string) []string {
 func (m *Manager) pipeWriter(wp *workerProc, c *ipc.Conn) {
 	for msg := range wp.out {
 		err := c.Send(msg)
+		if err == nil && msg.Version > 0 && wp.bell != nil {
+			// Before queued is decremented: writeNow rings only once it
+			// is 0, so its later versions land after this one.
+			wp.bell.Ring(msg.Version)
+		}
 		wp.queued.Add(-1)
 		if err != nil {
 			m.log.Debug("sending to worker failed", "pid", wp.cmd.Process.Pid, "error", err)
@@ -313,6 +334,9 @@ func (m *Manager) writeNow(wp *workerProc, frames []byte) bool {
 	})
 	switch {
 	case err == nil && n == len(frames):
+		if wp.bell != nil {
+			wp.bell.Ring(m.version)
+		}
 		return true
 	case err != nil || n == 0:
 		return false // full (the pipeWriter will wait), or broken (it will find out)

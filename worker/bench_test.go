@@ -175,7 +175,8 @@ func startBenchWorker(b *testing.B, origin string) string {
 	mgr := ipc.NewConn(conns[0])
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, ln, conns[1], io.Discard) }()
+	_, bell := newBell(b) // read on every request, as in the real worker
+	go func() { done <- Run(ctx, ln, conns[1], bell, io.Discard) }()
 	b.Cleanup(func() {
 		cancel()
 		select {

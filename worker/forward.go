@@ -48,6 +48,7 @@ func (cc *clientConn) forward() bool {
 		return false
 	}
 
+	w.nudge()
 	s := w.snap.Load()
 	b := w.balancer.pick(s)
 	if b == nil {

@@ -36,6 +36,13 @@ type worker struct {
 	stats       stats
 	log         *slog.Logger
 
+	// bell, if not nil, holds the version of the last change the manager
+	// has written to pipe; nudged is the latest version rung that a request
+	// has woken poolUpdates for.
+	bell   *ipc.Bell
+	pipe   net.Conn
+	nudged atomic.Uint64
+
 	// The pool as the manager described it; only poolUpdates touches these.
 	version uint64     // of the changes applied to servers and down
 	servers []*backend // including gone ones (not in byID), until compacted
@@ -47,8 +54,9 @@ type worker struct {
 // over conn. It returns after the manager asks it to drain, closes conn, or
 // ctx ends: it then stops accepting, lets in-flight requests finish within
 // the drain timeout, sends its last stats and closes conn. Logs go to logOut
-// in the format the manager's settings name.
-func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) error {
+// in the format the manager's settings name. The manager rings bell, which
+// may be nil, when it has written a pool change to conn.
+func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, logOut io.Writer) error {
 	c := ipc.NewConn(conn)
 	defer conn.Close()
 	var m ipc.Message
@@ -72,6 +80,8 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, logOut io.Writer) 
 		byID:        make(map[string]*backend),
 		down:        make(map[string]bool),
 		appliedNote: make(chan struct{}, 1),
+		bell:        bell,
+		pipe:        conn,
 	}
 	w.balancer.policy = set.Balance
 	w.apply(&m)
@@ -149,6 +159,17 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 	var m ipc.Message
 	for {
 		if err := c.Receive(&m); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Nudged: the change is in the pipe (the bell is rung
+				// only after), so the next read finds it, even if a
+				// nudge comes again between here and there.
+				w.log.Debug("woken by the bell", "version", w.bell.Version())
+				w.pipe.SetReadDeadline(time.Time{})
+				if w.version != w.applied.Load() {
+					w.publishAndAck()
+				}
+				continue
+			}
 			return drainRequest{timeout: defaultDrain, err: err}
 		}
 		if m.Kind == ipc.Drain {
@@ -157,12 +178,41 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 		w.change(&m)
 		if !c.Buffered() {
 			// Caught up: publish and acknowledge, once for the whole batch.
-			w.publish()
-			select {
-			case w.appliedNote <- struct{}{}:
-			default:
-			}
+			w.publishAndAck()
 		}
+	}
+}
+
+// nudge wakes poolUpdates at once if the manager has rung the bell for a
+// change this worker has not applied. Go's scheduler polls the network only
+// when it has nothing else to run, so under load the pipe's readiness could
+// wait for milliseconds; an expired read deadline readies poolUpdates
+// directly, to run as soon as the calling goroutine parks. It costs a
+// request two atomic loads (three while a change is pending), and a change
+// a wake-up per worker, now and then two.
+func (w *worker) nudge() {
+	if w.bell == nil {
+		return
+	}
+	v := w.bell.Version()
+	if v <= w.applied.Load() {
+		return
+	}
+	if n := w.nudged.Load(); v > n && w.nudged.CompareAndSwap(n, v) {
+		w.pipe.SetReadDeadline(longAgo)
+	}
+}
+
+// longAgo is a deadline that has passed.
+var longAgo = time.Unix(1, 0)
+
+// publishAndAck publishes the pool and wakes the managerWriter to
+// acknowledge it.
+func (w *worker) publishAndAck() {
+	w.publish()
+	select {
+	case w.appliedNote <- struct{}{}:
+	default:
 	}
 }
 

@@ -89,6 +89,7 @@ type harness struct {
 	addr   string // 127.0.0.1:port
 	mgr    *ipc.Conn
 	pipe   *net.UnixConn // the manager's end of the socketpair
+	bell   *ipc.Bell     // the manager's side of the worker's bell
 	cancel context.CancelFunc
 	client *http.Client
 	logs   *syncBuffer
@@ -138,6 +139,7 @@ func launchWorker(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { ln.Close() })
 	mgr, wrk := socketpair(t)
+	bell, theirs := newBell(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := &http.Transport{Proxy: nil, DisableCompression: true}
 	h := &harness{
@@ -145,13 +147,14 @@ func launchWorker(t *testing.T) *harness {
 		addr:       ln.Addr().String(),
 		mgr:        ipc.NewConn(mgr),
 		pipe:       mgr,
+		bell:       bell,
 		cancel:     cancel,
 		client:     &http.Client{Transport: tr, Timeout: waitLimit},
 		logs:       &syncBuffer{},
 		runDone:    make(chan error, 1),
 		readerDone: make(chan struct{}),
 	}
-	go func() { h.runDone <- Run(ctx, ln, wrk, h.logs) }()
+	go func() { h.runDone <- Run(ctx, ln, wrk, theirs, h.logs) }()
 	t.Cleanup(func() {
 		tr.CloseIdleConnections() // a drain need not wait out idle keep-alive connections
 		cancel()
@@ -172,6 +175,29 @@ func launchWorker(t *testing.T) *harness {
 		}
 	})
 	return h
+}
+
+// newBell returns a bell for the test to ring as a manager would, and the
+// worker's read-only mapping of it.
+func newBell(t testing.TB) (ours, theirs *ipc.Bell) {
+	t.Helper()
+	ours, f, err := ipc.NewBell()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if theirs, err = ipc.OpenBell(fd); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	// The worker's mapping stays, as in a worker process: a Run that did
+	// not return may still read it.
+	t.Cleanup(func() { ours.Close() })
+	return ours, theirs
 }
 
 // statsReader plays the manager's receiving side: it collects ReportStats
@@ -556,6 +582,76 @@ func TestPoolUpdates(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A request that finds the bell rung for a change not yet applied wakes
+// the worker's reader of the pipe wherever it is, even halfway through the
+// change's frame, or before any of it arrived. The reader loses nothing and
+// applies the change when the rest comes.
+func TestNudgeAtEveryPointOfAChange(t *testing.T) {
+	a, b := named(t, "a"), named(t, "b")
+	h := startWorker(t, testSettings(), a)
+	h.waitRouting(t, "a")
+	v, woken := uint64(0), 0
+	for _, msg := range []ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{b}}, {Kind: ipc.RemoveServer, ID: b.ID}} {
+		want := []string{"a", "b"}
+		if msg.Kind == ipc.RemoveServer {
+			want = []string{"a"}
+		}
+		for cut := 0; ; cut++ {
+			v++
+			msg.Version = v
+			frame, err := ipc.AppendFrame(nil, &msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cut > len(frame) {
+				break
+			}
+			if _, err := h.pipe.Write(frame[:cut]); err != nil {
+				t.Fatal(err)
+			}
+			h.waitTaken(t)
+			h.bell.Ring(v)
+			if code, body := h.get(t, "/"); code != http.StatusOK {
+				t.Fatalf("version %d cut after %d bytes: GET = %d %q, want 200", v, cut, code, body)
+			}
+			if cut < len(frame) {
+				woken++ // the reader waits for the rest: the request must wake it
+			}
+			if _, err := h.pipe.Write(frame[cut:]); err != nil {
+				t.Fatal(err)
+			}
+			h.waitApplied(t, v)
+			h.waitRouting(t, want...)
+		}
+	}
+	if n := strings.Count(h.logs.String(), "woken by the bell"); n < woken {
+		t.Errorf("the reader was woken by the bell %d times, want at least %d", n, woken)
+	}
+}
+
+// waitTaken waits until the worker has read everything sent to it.
+func (h *harness) waitTaken(t *testing.T) {
+	t.Helper()
+	raw, err := h.pipe.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(waitLimit); ; time.Sleep(time.Millisecond) {
+		var n int
+		var ierr error
+		raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not read what was sent to it within %v (%d bytes left)", waitLimit, n)
+		}
+	}
+}
 
 func TestStatsReports(t *testing.T) {
 	a, b, c := named(t, "a"), named(t, "b"), named(t, "c")

@@ -19,8 +19,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 
+	"github.com/weldr-proxy/weldr/ipc"
 	"github.com/weldr-proxy/weldr/manager"
 	"github.com/weldr-proxy/weldr/worker"
 )
@@ -97,7 +99,18 @@ func runWorker() int {
 		log.Error("worker: opening the manager socket (fd 4)", "error", err)
 		return 1
 	}
-	if err := worker.Run(ctx, ln, conn, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
+	// The bell the manager rings for pool changes, if it passed one.
+	var bell *ipc.Bell
+	if s := os.Getenv(ipc.BellEnv); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err == nil {
+			bell, err = ipc.OpenBell(fd)
+		}
+		if err != nil {
+			log.Warn("worker: no bell: pool changes will reach this worker late when it is busy", ipc.BellEnv, s, "error", err)
+		}
+	}
+	if err := worker.Run(ctx, ln, conn, bell, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("worker stopped", "pid", os.Getpid(), "error", err)
 		return 1
 	}
