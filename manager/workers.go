@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -141,8 +142,8 @@ func (m *Manager) runWorker(slot int) error {
 		m.log.Warn("pool changes will reach a busy worker later", "slot", slot, "error", err)
 	} else {
 		defer bell.Close() // after the pipeWriter, which rings it, is done
+		cmd.Env = append(cmd.Env, ipc.BellEnv+"="+strconv.Itoa(3+len(cmd.ExtraFiles)))
 		cmd.ExtraFiles = append(cmd.ExtraFiles, bellFile)
-		cmd.Env = append(cmd.Env, ipc.BellEnv+"=5")
 	}
 	err = cmd.Start()
 	theirs.Close()

@@ -165,7 +165,7 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 				// nudge comes again between here and there.
 				w.log.Debug("woken by the bell", "version", w.bell.Version())
 				w.pipe.SetReadDeadline(time.Time{})
-				if w.version != w.applied.Load() {
+				if w.version != w.applied.Load() { // a safeguard: Buffered keeps this from happening
 					w.publishAndAck()
 				}
 				continue
@@ -173,6 +173,9 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 			return drainRequest{timeout: defaultDrain, err: err}
 		}
 		if m.Kind == ipc.Drain {
+			if w.version != w.applied.Load() { // a batch that ended in Drain
+				w.publishAndAck()
+			}
 			return drainRequest{timeout: m.DrainTimeout}
 		}
 		w.change(&m)
