@@ -26,11 +26,11 @@ func ReadFrame(r io.Reader, buf []byte) ([]byte, error) {
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err // io.EOF here means the peer closed cleanly between frames
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrameSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrameSize)
+	n, err := frameSize(hdr[:])
+	if err != nil {
+		return nil, err
 	}
-	if cap(buf) < int(n) {
+	if cap(buf) < n {
 		buf = make([]byte, n)
 	}
 	buf = buf[:n]
@@ -111,18 +111,16 @@ func (c *Conn) Send(m *Message) error {
 }
 
 // Buffered reports whether a whole frame waits to be read, that is whether
-// Receive would return without reading from the pipe.
+// Receive would return without reading from the pipe. The rest of a frame
+// too large for the buffer, once begun, is never in it.
 func (c *Conn) Buffered() bool {
 	n := c.r.Buffered()
-	if c.want != 0 {
-		return n >= c.want-len(c.rbuf)
-	}
-	if n < 4 {
+	if c.want != 0 || n < 4 {
 		return false
 	}
 	hdr, _ := c.r.Peek(4)
-	size := binary.BigEndian.Uint32(hdr)
-	return size > MaxFrameSize || uint64(n-4) >= uint64(size)
+	size, err := frameSize(hdr)
+	return err != nil || n-4 >= size
 }
 
 // Receive reads the next frame into m. It returns io.EOF when the peer closed
@@ -139,11 +137,10 @@ func (c *Conn) Receive(m *Message) error {
 			}
 			return err // io.EOF here means the peer closed cleanly between frames
 		}
-		size := binary.BigEndian.Uint32(hdr)
-		if size > MaxFrameSize {
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, size, MaxFrameSize)
+		n, err := frameSize(hdr)
+		if err != nil {
+			return err
 		}
-		n := int(size)
 		if n <= c.r.Size()-4 {
 			// Decoded where it lies: Decode copies what it keeps.
 			p, err := c.r.Peek(4 + n)
@@ -174,6 +171,16 @@ func (c *Conn) Receive(m *Message) error {
 		c.rbuf = nil // do not pin a large snapshot's buffer
 	}
 	return Decode(p, m)
+}
+
+// frameSize is the payload size a frame's 4-byte header gives, checked
+// against MaxFrameSize before it becomes an int (which may be 32 bits).
+func frameSize(hdr []byte) (int, error) {
+	size := binary.BigEndian.Uint32(hdr)
+	if size > MaxFrameSize {
+		return 0, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, size, MaxFrameSize)
+	}
+	return int(size), nil
 }
 
 func payloadError(err error) error {

@@ -164,10 +164,9 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 				// only after), so the next read finds it, even if a
 				// nudge comes again between here and there.
 				w.log.Debug("woken by the bell", "version", w.bell.Version())
+				// What it applied is published: Receive reads the pipe
+				// only when no whole frame is buffered (c.Buffered).
 				w.pipe.SetReadDeadline(time.Time{})
-				if w.version != w.applied.Load() { // a safeguard: Buffered keeps this from happening
-					w.publishAndAck()
-				}
 				continue
 			}
 			return drainRequest{timeout: defaultDrain, err: err}
