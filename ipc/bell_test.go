@@ -47,35 +47,6 @@ func TestOpenBellRefusesOtherFiles(t *testing.T) {
 	}
 	defer unix.Close(p[0])
 	defer unix.Close(p[1])
-	big := filepath.Join(t.TempDir(), "page")
-	if err := os.WriteFile(big, make([]byte, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fbig, err := os.Open(big)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fbig.Close()
-	// Files of a bell's size, but not sealed: an empty one, as the cgroup
-	// files the Go runtime keeps open report, and one of 8 bytes.
-	empty := filepath.Join(t.TempDir(), "empty")
-	eight := filepath.Join(t.TempDir(), "eight")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(eight, make([]byte, 8), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fempty, err := os.Open(empty)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fempty.Close()
-	feight, err := os.Open(eight)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer feight.Close()
 	unsealed, err := unix.MemfdCreate("not-a-bell", unix.MFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -85,8 +56,11 @@ func TestOpenBellRefusesOtherFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, fd := range map[string]int{
-		"a pipe": p[0], "a 4 KiB file": int(fbig.Fd()), "an empty file": int(fempty.Fd()),
-		"an 8-byte file": int(feight.Fd()), "an unsealed 8-byte memfd": unsealed, "a closed descriptor": -1,
+		"a pipe": p[0], "a 4 KiB file": fileOf(t, 4096),
+		// A bell's size, or none as the cgroup files the Go runtime
+		// keeps open report, but not sealed.
+		"an empty file": fileOf(t, 0), "an 8-byte file": fileOf(t, 8), "an unsealed 8-byte memfd": unsealed,
+		"a closed descriptor": -1,
 	} {
 		b, err := OpenBell(fd)
 		if err == nil {
@@ -103,4 +77,20 @@ func TestOpenBellRefusesOtherFiles(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fileOf returns the descriptor of a regular file of size zero bytes,
+// closed when the test ends.
+func fileOf(t *testing.T, size int) int {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
 }

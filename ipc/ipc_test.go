@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 // socketpair returns both ends of a real unix socketpair, as the manager and
@@ -104,14 +106,20 @@ func TestRoundTripEveryKind(t *testing.T) {
 	}
 }
 
+// bigSnapshot is a snapshot of n servers, about 74 bytes each encoded.
+func bigSnapshot(n int) Message {
+	m := Message{Kind: Snapshot, Settings: &Settings{}}
+	for i := 0; i < n; i++ {
+		id := net.JoinHostPort("10.0."+itoa(i/250)+"."+itoa(i%250), "8080")
+		m.Servers = append(m.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
+	}
+	return m
+}
+
 func TestLargeSnapshotRoundTrip(t *testing.T) {
 	a, b := socketpair(t)
 	tx, rx := NewConn(a), NewConn(b)
-	want := Message{Kind: Snapshot, Settings: &Settings{}}
-	for i := 0; i < 10000; i++ {
-		id := net.JoinHostPort("10.0."+itoa(i/250)+"."+itoa(i%250), "8080")
-		want.Servers = append(want.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
-	}
+	want := bigSnapshot(10000)
 	go func() {
 		if err := tx.Send(&want); err != nil {
 			t.Errorf("Send() = %v", err)
@@ -175,7 +183,7 @@ func TestRejects(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("ReadFrame+Decode(%x) = %v, want an error containing %q", tc.input, err, tc.want)
 			}
-			if err := readerConn(tc.input).Receive(&m); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err := readerConn(bytes.NewReader(tc.input)).Receive(&m); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Receive(%x) = %v, want an error containing %q", tc.input, err, tc.want)
 			}
 		})
@@ -185,23 +193,19 @@ func TestRejects(t *testing.T) {
 	}
 }
 
-// readerConn is a Conn that receives b.
-func readerConn(b []byte) *Conn {
+// readerConn is a Conn that receives what r reads.
+func readerConn(r io.Reader) *Conn {
 	return NewConn(struct {
 		io.Reader
 		io.Writer
-	}{bytes.NewReader(b), io.Discard})
+	}{r, io.Discard})
 }
 
 // A Receive cut short by its read deadline keeps what it read: the next
 // one returns the same frame. Worker pipes are given a passed deadline to
 // wake their reader wherever it is.
 func TestReceiveGoesOnAfterItsDeadline(t *testing.T) {
-	big := Message{Kind: Snapshot, Settings: &Settings{}}
-	for i := 0; i < 3000; i++ {
-		id := net.JoinHostPort("10.1."+itoa(i/250)+"."+itoa(i%250), "8080")
-		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
-	}
+	big := bigSnapshot(3000)
 	small := Message{Kind: AddServer, Version: 9, Servers: Servers{{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001", Weight: 1}}}
 	next := Message{Kind: RemoveServer, Version: 10, ID: "127.0.0.1:9001"}
 	for _, want := range []Message{small, big} {
@@ -234,7 +238,7 @@ func TestReceiveGoesOnAfterItsDeadline(t *testing.T) {
 					if _, err := tx.Write(part); err != nil {
 						t.Fatal(err)
 					}
-					waitRead(t, rx)
+					weldrtest.WaitSocketQueue(t, rx.(syscall.Conn), unix.SIOCINQ)
 					rx.SetReadDeadline(time.Unix(1, 0))
 					if err := <-done; !errors.Is(err, os.ErrDeadlineExceeded) {
 						t.Fatalf("Receive() with %d of %d bytes sent and a passed deadline = %v, want a timeout", cut, len(b), err)
@@ -259,29 +263,6 @@ func TestReceiveGoesOnAfterItsDeadline(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
-		}
-	}
-}
-
-// waitRead waits until c's reader has taken every byte sent to it.
-func waitRead(t *testing.T, c net.Conn) {
-	t.Helper()
-	raw, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		var n int
-		var ierr error
-		raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-		if ierr != nil {
-			t.Fatal(ierr)
-		}
-		if n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bytes sent were not read within 10s", n)
 		}
 	}
 }
@@ -354,11 +335,7 @@ func FuzzReceive(f *testing.F) {
 		}
 		f.Add(append(b, b...), uint8(3))
 	}
-	big := Message{Kind: Snapshot, Settings: &Settings{}}
-	for i := 0; i < 2000; i++ {
-		id := net.JoinHostPort("10.2."+itoa(i/250)+"."+itoa(i%250), "8080")
-		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
-	}
+	big := bigSnapshot(2000)
 	b, err := AppendFrame(nil, &big)
 	if err != nil {
 		f.Fatal(err)
@@ -369,10 +346,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add(frame([]byte{0x81, 0xa1, 'k', 0x07, 0x00}), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
 		r := bytes.NewReader(data)
-		c := NewConn(struct {
-			io.Reader
-			io.Writer
-		}{&stutterReader{data: data, chunk: int(chunk)%64 + 1}, io.Discard})
+		c := readerConn(&stutterReader{data: data, chunk: int(chunk)%64 + 1})
 		for i := 0; ; i++ {
 			var want, got Message
 			p, werr := ReadFrame(r, nil)
@@ -426,11 +400,7 @@ func TestBufferedMeansAWholeFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := Message{Kind: Snapshot, Settings: &Settings{}}
-	for i := 0; i < 3000; i++ {
-		id := net.JoinHostPort("10.3."+itoa(i/250)+"."+itoa(i%250), "8080")
-		big.Servers = append(big.Servers, Server{ID: id, URL: "http://" + id, Weight: 1})
-	}
+	big := bigSnapshot(3000)
 	bb, err := AppendFrame(nil, &big)
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +420,7 @@ func TestBufferedMeansAWholeFrame(t *testing.T) {
 		{"most of a large frame after", b, bb[:len(bb)-1], false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := readerConn(append(append([]byte(nil), tc.first...), tc.rest...))
+			c := readerConn(bytes.NewReader(append(append([]byte(nil), tc.first...), tc.rest...)))
 			var got Message
 			if err := c.Receive(&got); err != nil {
 				t.Fatal(err)
@@ -459,24 +429,6 @@ func TestBufferedMeansAWholeFrame(t *testing.T) {
 				t.Errorf("Buffered() = %v, want %v", !tc.want, tc.want)
 			}
 		})
-	}
-	// A large frame whose first part Receive has taken.
-	c := NewConn(struct {
-		io.Reader
-		io.Writer
-	}{&stutterReader{data: bb, chunk: 64 << 10}, io.Discard})
-	var got Message
-	for {
-		err := c.Receive(&got)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatal(err)
-		}
-		if c.want != 0 && c.Buffered() {
-			t.Errorf("Buffered() = true with %d of a %d-byte frame read", len(c.rbuf), c.want)
-		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
@@ -112,7 +113,13 @@ type harness struct {
 // collects its stats reports. Everything it starts is stopped in t.Cleanup.
 func startWorker(t *testing.T, set ipc.Settings, servers ...ipc.Server) *harness {
 	t.Helper()
-	h := launchWorker(t)
+	return startWorkerBell(t, true, set, servers...)
+}
+
+// startWorkerBell is startWorker with a bell (h.bell) or without one.
+func startWorkerBell(t *testing.T, bell bool, set ipc.Settings, servers ...ipc.Server) *harness {
+	t.Helper()
+	h := launchWorkerBell(t, bell)
 	if err := h.mgr.Send(&ipc.Message{Kind: ipc.Snapshot, Settings: &set, Servers: servers}); err != nil {
 		t.Fatalf("Send(Snapshot) = %v", err)
 	}
@@ -130,8 +137,14 @@ func startWorker(t *testing.T, set ipc.Settings, servers ...ipc.Server) *harness
 	return h
 }
 
-// launchWorker starts Run without sending it anything.
+// launchWorker starts Run, with a bell, without sending it anything.
 func launchWorker(t *testing.T) *harness {
+	t.Helper()
+	return launchWorkerBell(t, true)
+}
+
+// launchWorkerBell is launchWorker with a bell (h.bell) or without one.
+func launchWorkerBell(t *testing.T, withBell bool) *harness {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -139,7 +152,10 @@ func launchWorker(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { ln.Close() })
 	mgr, wrk := socketpair(t)
-	bell, theirs := newBell(t)
+	var bell, theirs *ipc.Bell
+	if withBell {
+		bell, theirs = newBell(t)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := &http.Transport{Proxy: nil, DisableCompression: true}
 	h := &harness{
@@ -552,9 +568,17 @@ func TestBalanceSetting(t *testing.T) {
 	}
 }
 
+// With a bell or without (the manager could not make one), a worker
+// routes by every change the manager sends.
 func TestPoolUpdates(t *testing.T) {
+	for _, bell := range []bool{true, false} {
+		t.Run(map[bool]string{true: "bell", false: "no bell"}[bell], func(t *testing.T) { testPoolUpdates(t, bell) })
+	}
+}
+
+func testPoolUpdates(t *testing.T, bell bool) {
 	a, b, c, d := named(t, "a"), named(t, "b"), named(t, "c"), named(t, "d")
-	h := startWorker(t, testSettings(), a, b)
+	h := startWorkerBell(t, bell, testSettings(), a, b)
 	h.waitRouting(t, "a", "b")
 
 	steps := []struct {
@@ -573,9 +597,13 @@ func TestPoolUpdates(t *testing.T) {
 		{"mark unknown down", ipc.Message{Kind: ipc.MarkServerDown, ID: "127.0.0.1:1"}, []string{"a", "c", "d"}},
 		{"new snapshot", ipc.Message{Kind: ipc.Snapshot, Settings: ptr(testSettings()), Servers: ipc.Servers{b, {ID: c.ID, URL: c.URL, Down: true}, d}}, []string{"b", "d"}},
 	}
-	for _, st := range steps {
+	for i, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
+			st.msg.Version = uint64(i + 1)
 			h.send(t, st.msg)
+			if h.bell != nil {
+				h.bell.Ring(st.msg.Version) // as the manager does once it is sent
+			}
 			h.waitRouting(t, st.want...)
 		})
 	}
@@ -610,7 +638,7 @@ func TestNudgeAtEveryPointOfAChange(t *testing.T) {
 			if _, err := h.pipe.Write(frame[:cut]); err != nil {
 				t.Fatal(err)
 			}
-			h.waitTaken(t)
+			weldrtest.WaitSocketQueue(t, h.pipe, unix.SIOCOUTQ) // the worker took the part and waits
 			h.bell.Ring(v)
 			if code, body := h.get(t, "/"); code != http.StatusOK {
 				t.Fatalf("version %d cut after %d bytes: GET = %d %q, want 200", v, cut, code, body)
@@ -627,29 +655,6 @@ func TestNudgeAtEveryPointOfAChange(t *testing.T) {
 	}
 	if n := strings.Count(h.logs.String(), "woken by the bell"); n < woken {
 		t.Errorf("the reader was woken by the bell %d times, want at least %d", n, woken)
-	}
-}
-
-// waitTaken waits until the worker has read everything sent to it.
-func (h *harness) waitTaken(t *testing.T) {
-	t.Helper()
-	raw, err := h.pipe.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(waitLimit); ; time.Sleep(time.Millisecond) {
-		var n int
-		var ierr error
-		raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-		if ierr != nil {
-			t.Fatal(ierr)
-		}
-		if n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker did not read what was sent to it within %v (%d bytes left)", waitLimit, n)
-		}
 	}
 }
 

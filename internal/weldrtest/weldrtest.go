@@ -1,6 +1,6 @@
-// Package weldrtest holds what the tests that drive weldr as a real
-// process share: building the binary once per test package, and free
-// loopback ports (which the benchmarks use too).
+// Package weldrtest holds what weldr's tests share: building the binary
+// once per test package, free loopback ports (which the benchmarks use
+// too), and waiting for a socket's queue to empty.
 package weldrtest
 
 import (
@@ -11,7 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Main builds the weldr binary into a temporary directory (with the race
@@ -75,4 +79,30 @@ func LoopbackPort() (int, error) {
 		}
 	}
 	return 0, errors.New("no free port on 127.0.0.1 between 20000 and 32000")
+}
+
+// WaitSocketQueue waits until the queue of socket c that request reads is
+// empty: unix.SIOCINQ for bytes c has received and not read, unix.SIOCOUTQ
+// for bytes c has sent that its peer has not read. A test uses it to know
+// that the other side has taken what it wrote, and waits in a read.
+func WaitSocketQueue(t testing.TB, c syscall.Conn, request uint) {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		var n int
+		var ierr error
+		raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), request) })
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still queued on the socket after 10s", n)
+		}
+	}
 }
