@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -426,16 +427,25 @@ func named(t *testing.T, name string) ipc.Server {
 	return s
 }
 
-// refusing returns a server whose port refuses connections: a listener that
-// was opened and closed again.
+// refusing returns a server whose port refuses connections: a socket bound
+// to it, never listening, held until the test ends. (A listener opened and
+// closed again gave its port back, and the next call could get the same
+// one: two servers with one ID.)
 func refusing(t *testing.T) ipc.Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 	return ipc.Server{ID: addr, URL: "http://" + addr, Weight: 1}
 }
 
