@@ -66,7 +66,8 @@ func sampleMessages() []Message {
 			Servers: ServerStatsList{
 				{ID: "127.0.0.1:9001", Success: 7, Failed: 4, Responses: [5]uint64{1, 5, 0, 1, 1}, ConnectFailed: 1, TimedOut: 1, Broken: 1},
 				{ID: "127.0.0.1:9002", Success: 3},
-			}}},
+			},
+			RoutedBehind: 5}},
 		{Kind: ReportStats, Stats: &Stats{}},
 	}
 }

@@ -163,6 +163,10 @@ type Stats struct {
 	Generated Generated `msgpack:"gen,omitempty"`
 	// Servers holds the per-server deltas that are not zero.
 	Servers ServerStatsList `msgpack:"srv,omitempty"`
+	// RoutedBehind counts requests routed by a pool older than the last
+	// change the manager had rung the worker's bell for: the worker could
+	// not apply it within its wait.
+	RoutedBehind uint64 `msgpack:"behind,omitempty"`
 }
 
 // Generated counts weldr's own answers by status.

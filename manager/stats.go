@@ -27,6 +27,7 @@ type statsTable struct {
 	client    Counts
 	server    Counts
 	generated ipc.Generated
+	behind    uint64 // requests routed by a pool older than their worker's bell
 	servers   map[string]*serverCounts
 }
 
@@ -46,6 +47,7 @@ func (t *statsTable) add(st *ipc.Stats, known func(id string) bool) {
 	g.BadGateway += st.Generated.BadGateway
 	g.ServiceUnavailable += st.Generated.ServiceUnavailable
 	g.GatewayTimeout += st.Generated.GatewayTimeout
+	t.behind += st.RoutedBehind
 	for _, s := range st.Servers {
 		t.server.Success += s.Success
 		t.server.Failed += s.Failed
@@ -75,11 +77,12 @@ func (t *statsTable) totals() (client, server Counts) {
 	return t.client, t.server
 }
 
-// generatedTotals returns the counts of weldr's own answers.
-func (t *statsTable) generatedTotals() ipc.Generated {
+// generatedTotals returns the counts of weldr's own answers, and of the
+// requests routed behind a worker's bell.
+func (t *statsTable) generatedTotals() (ipc.Generated, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.generated
+	return t.generated, t.behind
 }
 
 // of returns one server's counters.

@@ -48,8 +48,7 @@ func (cc *clientConn) forward() bool {
 		return false
 	}
 
-	w.nudge()
-	s := w.snap.Load()
+	s := w.route()
 	b := w.balancer.pick(s)
 	if b == nil {
 		return cc.generated(start, http.StatusServiceUnavailable, msgNoServer, nil, hasBody)

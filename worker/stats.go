@@ -50,6 +50,9 @@ type stats struct {
 	// weldr's own answers by status
 	badRequest, badGateway, unavailable, gatewayTimeout atomic.Uint64
 
+	// requests routed by a pool older than the bell had rung (catchUp)
+	routedBehind atomic.Uint64
+
 	mu      sync.Mutex // guards retired
 	retired []*backend // removed servers whose last counts are not yet reported
 }
@@ -75,6 +78,7 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 			ServiceUnavailable: st.unavailable.Swap(0),
 			GatewayTimeout:     st.gatewayTimeout.Swap(0),
 		},
+		RoutedBehind: st.routedBehind.Swap(0),
 	}
 	add := func(b *backend) {
 		c := &b.stats
@@ -112,7 +116,7 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 			add(b)
 		}
 	}
-	if out.ClientSuccess|out.ClientFailed == 0 && len(out.Servers) == 0 && out.Generated == (ipc.Generated{}) {
+	if out.ClientSuccess|out.ClientFailed == 0 && len(out.Servers) == 0 && out.Generated == (ipc.Generated{}) && out.RoutedBehind == 0 {
 		return nil
 	}
 	return out

@@ -15,6 +15,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,13 @@ type worker struct {
 	bell   *ipc.Bell
 	pipe   net.Conn
 	nudged atomic.Uint64
+	// Requests behind the bell wait in catchUp for poolUpdates to publish.
+	caught struct {
+		sync.Mutex
+		ch      chan struct{} // closed by the next publish; nil if none waits
+		stopped bool          // poolUpdates returned: nothing more is applied
+		gaveUp  uint64        // a version waited for in vain: not waited for again
+	}
 
 	// The pool as the manager described it; only poolUpdates touches these.
 	version uint64     // of the changes applied to servers and down
@@ -156,6 +164,7 @@ type drainRequest struct {
 // poolUpdates applies the manager's pool changes until a Drain message or a
 // read error.
 func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainRequest {
+	defer w.stopCatchingUp()
 	var m ipc.Message
 	for {
 		if err := c.Receive(&m); err != nil {
@@ -185,21 +194,88 @@ func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainReque
 	}
 }
 
-// nudge wakes poolUpdates at once if the manager has rung the bell for a
-// change this worker has not applied. Go's scheduler polls the network only
-// when it has nothing else to run, so under load the pipe's readiness could
-// wait for milliseconds; an expired read deadline readies poolUpdates
-// directly, to run as soon as the calling goroutine parks. It costs a
-// request two atomic loads (three while a change is pending), and a change
-// a wake-up per worker, now and then two.
-func (w *worker) nudge() {
-	if w.bell == nil {
-		return
+// route returns the snapshot a request routes by: with a bell, the pool as
+// of the last change the manager has written to the pipe. A worker behind
+// the bell catches up first, so that no request routes by a pool older
+// than what the manager had written when the request was routed, however
+// long the worker waited for a core before it could read the pipe.
+func (w *worker) route() *snapshot {
+	if w.bell != nil {
+		if v := w.bell.Version(); v > w.applied.Load() {
+			w.catchUp(v)
+		}
 	}
-	v := w.bell.Version()
-	if v <= w.applied.Load() {
-		return
+	return w.snap.Load()
+}
+
+// catchUpMax bounds a request's wait for poolUpdates to apply what the bell
+// rang. Once rung, a change is whole in the pipe and takes microseconds to
+// apply; the bound only keeps requests going should that ever not hold
+// (the version is then not waited for again, and the request is counted).
+const catchUpMax = 100 * time.Millisecond
+
+// catchUp waits until the pool published is at version v, which the bell
+// rang, or poolUpdates has stopped, or catchUpMax has passed. It wakes
+// poolUpdates (nudge), which with one processor then runs next.
+func (w *worker) catchUp(v uint64) {
+	w.nudge(v)
+	var timeout *time.Timer
+	for {
+		w.caught.Lock()
+		if w.applied.Load() >= v || w.caught.stopped || v <= w.caught.gaveUp {
+			w.caught.Unlock()
+			return
+		}
+		if w.caught.ch == nil {
+			w.caught.ch = make(chan struct{})
+		}
+		published := w.caught.ch
+		w.caught.Unlock()
+		if timeout == nil {
+			timeout = time.NewTimer(catchUpMax)
+			defer timeout.Stop()
+		}
+		select {
+		case <-published:
+		case <-timeout.C:
+			w.caught.Lock()
+			behind := w.applied.Load() < v && !w.caught.stopped
+			if behind {
+				w.caught.gaveUp = max(w.caught.gaveUp, v)
+			}
+			w.caught.Unlock()
+			if behind {
+				w.stats.routedBehind.Add(1)
+				w.log.Warn("routing by an older pool: the change rung was not applied in time",
+					"rung", v, "applied", w.applied.Load(), "waited", catchUpMax)
+			}
+			return
+		}
 	}
+}
+
+// caughtUp wakes the requests waiting in catchUp, for good if stop.
+func (w *worker) caughtUp(stop bool) {
+	w.caught.Lock()
+	if w.caught.ch != nil {
+		close(w.caught.ch)
+		w.caught.ch = nil
+	}
+	w.caught.stopped = w.caught.stopped || stop
+	w.caught.Unlock()
+}
+
+// stopCatchingUp ends every wait in catchUp once poolUpdates returns: a
+// Drain message or the manager's end is rung too, and is never applied.
+func (w *worker) stopCatchingUp() { w.caughtUp(true) }
+
+// nudge wakes poolUpdates at once for version v, which the manager has
+// rung on the bell and this worker has not applied. Go's scheduler polls
+// the network only when it has nothing else to run, so under load the
+// pipe's readiness could wait for milliseconds; an expired read deadline
+// readies poolUpdates directly, to run as soon as the calling goroutine
+// parks. A change costs a wake-up per worker, now and then two.
+func (w *worker) nudge(v uint64) {
 	if n := w.nudged.Load(); v > n && w.nudged.CompareAndSwap(n, v) {
 		w.pipe.SetReadDeadline(longAgo)
 	}
@@ -229,6 +305,7 @@ func (w *worker) publish() {
 	w.snap.Store(newSnapshot(w.servers, w.down, w.balancer.policy == WeightedRoundRobin))
 	w.appliedAt.Store(ipc.Now())
 	w.applied.Store(w.version)
+	w.caughtUp(false)
 }
 
 // change applies m to the pool without publishing it: a batch of changes
@@ -288,7 +365,10 @@ func (w *worker) change(m *ipc.Message) {
 	case ipc.MarkServerActive:
 		delete(w.down, m.ID)
 	default:
+		// Its version is taken all the same: the manager waits for it,
+		// and the bell may have rung it.
 		w.log.Warn("ignoring unexpected message", "kind", m.Kind)
+		w.version = max(w.version, m.Version)
 		return
 	}
 	w.version = m.Version

@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,4 +96,130 @@ func bellOf(pid int) (uint64, error) {
 		return binary.NativeEndian.Uint64(w[:]), nil
 	}
 	return 0, errors.New("no bell mapped")
+}
+
+// A worker that was not running when a change came routes by it from its
+// first request on: the manager rang its bell, and the worker catches up
+// before it routes. Here the worker is stopped (SIGSTOP) while its only
+// server is removed and requests arrive on its kept-alive connections;
+// once it runs again, every one of them gets the empty pool's 503, none
+// the removed server's answer.
+func TestAWorkerThatWasNotRunningRoutesByTheChangeFirst(t *testing.T) {
+	d := start(t, options{workers: 1})
+	a := backend(t, "a")
+	d.register(t, a.URL)
+	au, err := url.Parse(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers := children(d.pid(t))
+	if len(workers) != 1 {
+		t.Fatalf("weldr runs %d workers, want 1", len(workers))
+	}
+	worker := workers[0]
+	before, err := bellOf(worker)
+	if errors.Is(err, fs.ErrPermission) {
+		t.Skipf("cannot read the worker's memory here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Kept-alive connections, each with a request answered by a.
+	const n = 4
+	conns := make([]*keptAlive, n)
+	for i := range conns {
+		conns[i] = dialKeptAlive(t, d.proxy)
+		if code, body := conns[i].roundTrip(t); code != http.StatusOK || body != "GET a" {
+			t.Fatalf("connection %d: GET = %d %q, want 200 from a", i, code, body)
+		}
+	}
+
+	if err := syscall.Kill(worker, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	resume := func() {
+		if stopped {
+			syscall.Kill(worker, syscall.SIGCONT)
+			stopped = false
+		}
+	}
+	defer resume()
+	removed := make(chan int, 1)
+	go func() {
+		// Answered once the worker acknowledges, after it runs again.
+		req, _ := http.NewRequest("DELETE", d.admin+"/servers/"+strings.Replace(au.Host, ":", "/", 1), nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			removed <- 0
+			return
+		}
+		res.Body.Close()
+		removed <- res.StatusCode
+	}()
+	waitFor(t, 10*time.Second, "the manager to ring the stopped worker's bell", func() bool {
+		v, err := bellOf(worker)
+		return err == nil && v > before
+	})
+	for _, c := range conns {
+		c.send(t) // after the change, so the worker finds these ready first
+	}
+	resume()
+	for i, c := range conns {
+		if code, body := c.read(t); code != http.StatusServiceUnavailable {
+			t.Errorf("connection %d: GET after the change = %d %q, want 503: no server is left", i, code, body)
+		}
+	}
+	if code := <-removed; code != http.StatusNoContent {
+		t.Errorf("DELETE a = %d, want 204", code)
+	}
+	if got := d.metric(t, "weldr_requests_routed_behind_total"); got != 0 {
+		t.Errorf("weldr_requests_routed_behind_total = %d, want 0", got)
+	}
+}
+
+// keptAlive is a client connection to the proxy that sends one request at
+// a time and keeps the connection.
+type keptAlive struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialKeptAlive(t *testing.T, proxy string) *keptAlive {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(proxy, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &keptAlive{c: c, br: bufio.NewReader(c)}
+}
+
+func (k *keptAlive) send(t *testing.T) {
+	t.Helper()
+	if _, err := io.WriteString(k.c, "GET / HTTP/1.1\r\nHost: weldr.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (k *keptAlive) read(t *testing.T) (int, string) {
+	t.Helper()
+	res, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		t.Fatalf("reading an answer: %v", err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("reading an answer's body: %v", err)
+	}
+	return res.StatusCode, string(b)
+}
+
+func (k *keptAlive) roundTrip(t *testing.T) (int, string) {
+	t.Helper()
+	k.send(t)
+	return k.read(t)
 }
