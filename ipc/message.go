@@ -164,8 +164,8 @@ type Stats struct {
 	// Servers holds the per-server deltas that are not zero.
 	Servers ServerStatsList `msgpack:"srv,omitempty"`
 	// RoutedBehind counts requests routed by a pool older than the last
-	// change the manager had rung the worker's bell for: the worker could
-	// not apply it within its wait.
+	// change the manager had rung the worker's bell for: the change was
+	// not whole in the pipe, which the manager's ringing rules out.
 	RoutedBehind uint64 `msgpack:"behind,omitempty"`
 }
 

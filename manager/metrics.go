@@ -131,7 +131,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	}{{400, gen.BadRequest}, {502, gen.BadGateway}, {503, gen.ServiceUnavailable}, {504, gen.GatewayTimeout}} {
 		fmt.Fprintf(bw, "weldr_generated_responses_total{status=\"%d\"} %d\n", g.code, g.n)
 	}
-	family("weldr_requests_routed_behind_total", "counter", "Requests a worker routed by a pool older than the last change written to it, because it could not apply the change within its wait (100 ms). Normally 0.")
+	family("weldr_requests_routed_behind_total", "counter", "Requests a worker routed by a pool older than the last change the manager had written to it (and rung its bell for). Stays 0.")
 	fmt.Fprintf(bw, "weldr_requests_routed_behind_total %d\n", behind)
 
 	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")

@@ -50,7 +50,7 @@ type stats struct {
 	// weldr's own answers by status
 	badRequest, badGateway, unavailable, gatewayTimeout atomic.Uint64
 
-	// requests routed by a pool older than the bell had rung (catchUp)
+	// requests routed by a pool older than the bell rang (catchUp)
 	routedBehind atomic.Uint64
 
 	mu      sync.Mutex // guards retired

@@ -15,7 +15,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,20 +37,13 @@ type worker struct {
 	log         *slog.Logger
 
 	// bell, if not nil, holds the version of the last change the manager
-	// has written to pipe; nudged is the latest version rung that a request
-	// has woken poolUpdates for.
-	bell   *ipc.Bell
-	pipe   net.Conn
-	nudged atomic.Uint64
-	// Requests behind the bell wait in catchUp for poolUpdates to publish.
-	caught struct {
-		sync.Mutex
-		ch      chan struct{} // closed by the next publish; nil if none waits
-		stopped bool          // poolUpdates returned: nothing more is applied
-		gaveUp  uint64        // a version waited for in vain: not waited for again
-	}
+	// has written to the pipe, in.
+	bell         *ipc.Bell
+	in           *pipeIn
+	defaultDrain time.Duration // when the pipe ends without a Drain message
+	warnedBehind atomic.Uint64 // the last version rung that a request could not catch up with
 
-	// The pool as the manager described it; only poolUpdates touches these.
+	// The pool as the manager described it; touched only with in.mu held.
 	version uint64     // of the changes applied to servers and down
 	servers []*backend // including gone ones (not in byID), until compacted
 	byID    map[string]*backend
@@ -65,11 +57,11 @@ type worker struct {
 // in the format the manager's settings name. The manager rings bell, which
 // may be nil, when it has written a pool change to conn.
 func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, logOut io.Writer) error {
-	c := ipc.NewConn(conn)
+	c, in := ipc.NewConn(conn), newPipeIn(conn) // c sends
 	defer conn.Close()
 	var m ipc.Message
 	stopWaiting := context.AfterFunc(ctx, func() { conn.Close() })
-	err := c.Receive(&m)
+	err := in.receive(&m)
 	if !stopWaiting() || ctx.Err() != nil {
 		return fmt.Errorf("waiting for the pool snapshot: %w", context.Cause(ctx))
 	}
@@ -84,12 +76,13 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 		runtime.GOMAXPROCS(set.Procs)
 	}
 	w := &worker{
-		log:         NewLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
-		byID:        make(map[string]*backend),
-		down:        make(map[string]bool),
-		appliedNote: make(chan struct{}, 1),
-		bell:        bell,
-		pipe:        conn,
+		log:          NewLogger(logOut, set.LogLevel, set.LogFormat).With("worker", os.Getpid()),
+		byID:         make(map[string]*backend),
+		down:         make(map[string]bool),
+		appliedNote:  make(chan struct{}, 1),
+		bell:         bell,
+		in:           in,
+		defaultDrain: set.DrainTimeout,
 	}
 	w.balancer.policy = set.Balance
 	w.apply(&m)
@@ -123,7 +116,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 	go func() { reported <- w.managerWriter(reportCtx, c, interval) }()
 
 	updated := make(chan drainRequest, 1)
-	go func() { updated <- w.poolUpdates(c, set.DrainTimeout) }()
+	go func() { updated <- w.poolUpdates() }()
 
 	drain := set.DrainTimeout
 	err = nil
@@ -161,44 +154,59 @@ type drainRequest struct {
 	err     error
 }
 
-// poolUpdates applies the manager's pool changes until a Drain message or a
-// read error.
-func (w *worker) poolUpdates(c *ipc.Conn, defaultDrain time.Duration) drainRequest {
-	defer w.stopCatchingUp()
-	var m ipc.Message
-	for {
-		if err := c.Receive(&m); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// Nudged: the change is in the pipe (the bell is rung
-				// only after), so the next read finds it, even if a
-				// nudge comes again between here and there.
-				w.log.Debug("woken by the bell", "version", w.bell.Version())
-				// What it applied is published: Receive reads the pipe
-				// only when no whole frame is buffered (c.Buffered).
-				w.pipe.SetReadDeadline(time.Time{})
-				continue
-			}
-			return drainRequest{timeout: defaultDrain, err: err}
+// poolUpdates applies the manager's pool changes as they arrive, until a
+// Drain message or the pipe's end (an error, io.EOF if the manager closed
+// it), which it returns.
+func (w *worker) poolUpdates() drainRequest {
+	err := w.in.wait(func() bool { return w.readPipe() != nil })
+	// The end may have been read by a request, which woke wait with a
+	// deadline.
+	if end := w.readPipe(); end != nil {
+		return *end
+	}
+	return drainRequest{timeout: w.defaultDrain, err: err}
+}
+
+// readPipe applies the changes the pipe holds, publishes them and wakes the
+// managerWriter to acknowledge them (once for a batch), and returns how the
+// pipe ended if it has. It reads only what has arrived, unless the pipe is
+// not a socket.
+func (w *worker) readPipe() *drainRequest {
+	p := w.in
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.end == nil {
+		if !p.c.Buffered() && p.unpublished {
+			w.publishAndAck() // before a read that may find nothing, or wait
+			p.unpublished = false
 		}
-		if m.Kind == ipc.Drain {
-			if w.version != w.applied.Load() { // a batch that ended in Drain
-				w.publishAndAck()
-			}
-			return drainRequest{timeout: m.DrainTimeout}
-		}
-		w.change(&m)
-		if !c.Buffered() {
-			// Caught up: publish and acknowledge, once for the whole batch.
-			w.publishAndAck()
+		err := p.c.Receive(&p.m)
+		switch {
+		case errors.Is(err, errEmpty):
+			return nil
+		case err != nil:
+			p.ended(&drainRequest{timeout: w.defaultDrain, err: err})
+		case p.m.Kind == ipc.Drain:
+			p.ended(&drainRequest{timeout: p.m.DrainTimeout})
+		default:
+			w.change(&p.m)
+			p.unpublished = true
 		}
 	}
+	if p.unpublished { // a batch that ended in Drain
+		w.publishAndAck()
+		p.unpublished = false
+	}
+	return p.end
 }
 
 // route returns the snapshot a request routes by: with a bell, the pool as
-// of the last change the manager has written to the pipe. A worker behind
-// the bell catches up first, so that no request routes by a pool older
-// than what the manager had written when the request was routed, however
-// long the worker waited for a core before it could read the pipe.
+// of the last change the manager has written to the pipe. A request that
+// finds the worker behind the bell reads the pipe and applies the change
+// itself, which is whole in the pipe once rung: no request routes by a pool
+// older than what the manager had written when it was routed, even in a
+// worker that was waiting for a core when the change came, and no request
+// waits for another goroutine to be scheduled.
 func (w *worker) route() *snapshot {
 	if w.bell != nil {
 		if v := w.bell.Version(); v > w.applied.Load() {
@@ -208,81 +216,22 @@ func (w *worker) route() *snapshot {
 	return w.snap.Load()
 }
 
-// catchUpMax bounds a request's wait for poolUpdates to apply what the bell
-// rang. Once rung, a change is whole in the pipe and takes microseconds to
-// apply; the bound only keeps requests going should that ever not hold
-// (the version is then not waited for again, and the request is counted).
-const catchUpMax = 100 * time.Millisecond
-
-// catchUp waits until the pool published is at version v, which the bell
-// rang, or poolUpdates has stopped, or catchUpMax has passed. It wakes
-// poolUpdates (nudge), which with one processor then runs next.
+// catchUp reads and applies what the pipe holds, for version v, which the
+// bell rang. A request that still finds the worker behind (which the
+// manager's ringing only after the write rules out) routes by the pool it
+// has and is counted.
 func (w *worker) catchUp(v uint64) {
-	w.nudge(v)
-	var timeout *time.Timer
-	for {
-		w.caught.Lock()
-		if w.applied.Load() >= v || w.caught.stopped || v <= w.caught.gaveUp {
-			w.caught.Unlock()
-			return
-		}
-		if w.caught.ch == nil {
-			w.caught.ch = make(chan struct{})
-		}
-		published := w.caught.ch
-		w.caught.Unlock()
-		if timeout == nil {
-			timeout = time.NewTimer(catchUpMax)
-			defer timeout.Stop()
-		}
-		select {
-		case <-published:
-		case <-timeout.C:
-			w.caught.Lock()
-			behind := w.applied.Load() < v && !w.caught.stopped
-			if behind {
-				w.caught.gaveUp = max(w.caught.gaveUp, v)
-			}
-			w.caught.Unlock()
-			if behind {
-				w.stats.routedBehind.Add(1)
-				w.log.Warn("routing by an older pool: the change rung was not applied in time",
-					"rung", v, "applied", w.applied.Load(), "waited", catchUpMax)
-			}
-			return
-		}
+	if w.in.raw == nil {
+		return // its reads would wait
+	}
+	if end := w.readPipe(); end != nil || w.applied.Load() >= v {
+		return // caught up, or the pipe ended (a Drain is rung too)
+	}
+	w.stats.routedBehind.Add(1)
+	if w.warnedBehind.Swap(v) != v {
+		w.log.Warn("routing by an older pool: the change rung is not whole in the pipe", "rung", v, "applied", w.applied.Load())
 	}
 }
-
-// caughtUp wakes the requests waiting in catchUp, for good if stop.
-func (w *worker) caughtUp(stop bool) {
-	w.caught.Lock()
-	if w.caught.ch != nil {
-		close(w.caught.ch)
-		w.caught.ch = nil
-	}
-	w.caught.stopped = w.caught.stopped || stop
-	w.caught.Unlock()
-}
-
-// stopCatchingUp ends every wait in catchUp once poolUpdates returns: a
-// Drain message or the manager's end is rung too, and is never applied.
-func (w *worker) stopCatchingUp() { w.caughtUp(true) }
-
-// nudge wakes poolUpdates at once for version v, which the manager has
-// rung on the bell and this worker has not applied. Go's scheduler polls
-// the network only when it has nothing else to run, so under load the
-// pipe's readiness could wait for milliseconds; an expired read deadline
-// readies poolUpdates directly, to run as soon as the calling goroutine
-// parks. A change costs a wake-up per worker, now and then two.
-func (w *worker) nudge(v uint64) {
-	if n := w.nudged.Load(); v > n && w.nudged.CompareAndSwap(n, v) {
-		w.pipe.SetReadDeadline(longAgo)
-	}
-}
-
-// longAgo is a deadline that has passed.
-var longAgo = time.Unix(1, 0)
 
 // publishAndAck publishes the pool and wakes the managerWriter to
 // acknowledge it.
@@ -305,7 +254,6 @@ func (w *worker) publish() {
 	w.snap.Store(newSnapshot(w.servers, w.down, w.balancer.policy == WeightedRoundRobin))
 	w.appliedAt.Store(ipc.Now())
 	w.applied.Store(w.version)
-	w.caughtUp(false)
 }
 
 // change applies m to the pool without publishing it: a batch of changes
