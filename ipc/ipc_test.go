@@ -373,7 +373,8 @@ func FuzzReceive(f *testing.F) {
 }
 
 // stutterReader reads data at most chunk bytes at a time, and fails every
-// third read with a passed deadline, as a pipe whose reader is nudged does.
+// third read with a passed deadline, as a worker's pipe, read without
+// waiting, fails when empty.
 type stutterReader struct {
 	data  []byte
 	chunk int

@@ -355,6 +355,7 @@ func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, c
 		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n, q50, q99, qn)
 	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
 	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an, v50, v99, vn)
+	fmt.Printf("requests routed by a pool older than the last change written to their worker: %s\n", counter(admin, "weldr_requests_routed_behind_total"))
 	return nil
 }
 
@@ -477,6 +478,22 @@ func histogram(admin string) map[string]map[string]float64 {
 		h[name][le] = n
 	}
 	return h
+}
+
+// counter returns the value of an unlabelled metric, as weldr prints it.
+func counter(admin, name string) string {
+	res, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return "not reported"
 }
 
 // The pool change histograms: the admin API's wait for the workers' word,
