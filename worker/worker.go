@@ -172,9 +172,14 @@ func (w *worker) poolUpdates() drainRequest {
 // pipe ended if it has. It reads only what has arrived, unless the pipe is
 // not a socket.
 func (w *worker) readPipe() *drainRequest {
+	w.in.mu.Lock()
+	defer w.in.mu.Unlock()
+	return w.readPipeLocked()
+}
+
+// readPipeLocked is readPipe with in.mu held.
+func (w *worker) readPipeLocked() *drainRequest {
 	p := w.in
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for p.end == nil {
 		if !p.c.Buffered() && p.unpublished {
 			w.publishAndAck() // before a read that may find nothing, or wait
@@ -188,6 +193,9 @@ func (w *worker) readPipe() *drainRequest {
 			p.ended(&drainRequest{timeout: w.defaultDrain, err: err})
 		case p.m.Kind == ipc.Drain:
 			p.ended(&drainRequest{timeout: p.m.DrainTimeout})
+			// Rung like a change: applied, requests stop catching up.
+			w.version = max(w.version, p.m.Version)
+			p.unpublished = true
 		default:
 			w.change(&p.m)
 			p.unpublished = true
@@ -205,8 +213,9 @@ func (w *worker) readPipe() *drainRequest {
 // finds the worker behind the bell reads the pipe and applies the change
 // itself, which is whole in the pipe once rung: no request routes by a pool
 // older than what the manager had written when it was routed, even in a
-// worker that was waiting for a core when the change came, and no request
-// waits for another goroutine to be scheduled.
+// worker that was waiting for a core when the change came. It waits for no
+// goroutine to be scheduled, only, briefly, for one that holds in.mu to
+// finish applying what it read.
 func (w *worker) route() *snapshot {
 	if w.bell != nil {
 		if v := w.bell.Version(); v > w.applied.Load() {
@@ -224,8 +233,14 @@ func (w *worker) catchUp(v uint64) {
 	if w.in.raw == nil {
 		return // its reads would wait
 	}
-	if end := w.readPipe(); end != nil || w.applied.Load() >= v {
-		return // caught up, or the pipe ended (a Drain is rung too)
+	w.in.mu.Lock()
+	if w.applied.Load() < v && w.in.end == nil { // not caught up by another meanwhile
+		w.readPipeLocked()
+	}
+	ended := w.in.end != nil
+	w.in.mu.Unlock()
+	if ended || w.applied.Load() >= v {
+		return
 	}
 	w.stats.routedBehind.Add(1)
 	if w.warnedBehind.Swap(v) != v {
