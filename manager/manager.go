@@ -176,12 +176,15 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 const readyTimeout = 30 * time.Second
 
 func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan os.Signal, proxyLn, adminLn net.Listener) error {
-	f, err := proxyLn.(*net.TCPListener).File()
+	f, err := listenerFile(proxyLn.(*net.TCPListener))
 	if err != nil {
 		return fmt.Errorf("sharing the proxy listener: %w", err)
 	}
 	m.proxyFile = f
 	defer f.Close()
+	if err := boundAccepts(f); err != nil {
+		m.log.Warn("no receive timeout on the proxy listener; a worker may take long to drain after an upgrade", "error", err)
+	}
 
 	var supervisors sync.WaitGroup
 	for slot := range m.workersCount {

@@ -3,7 +3,9 @@ package manager
 import (
 	"errors"
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,6 +52,56 @@ func setNotsentLowat(c syscall.Conn, n int) error {
 			return
 		}
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// The proxy's listening socket is one open file, shared by the manager, its
+// workers and every generation's, and so is its O_NONBLOCK flag. Whoever
+// clears it makes the workers' accepts block in the kernel, where a
+// worker's Close of the listener waits for them: a worker could not drain
+// until a client came. os.File.Fd clears it on a file from
+// TCPListener.File, and os.StartProcess calls Fd on the files it passes.
+
+// listenerFile returns a duplicate of ln's descriptor, for the workers,
+// that stays non-blocking when passed on (unlike TCPListener.File).
+func listenerFile(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", derr)
+	}
+	return os.NewFile(uintptr(fd), "proxy listener"), nil
+}
+
+// acceptTimeout bounds an accept on the proxy listener should it be in
+// blocking mode after all: tableflip passes it to a new generation with
+// os.StartProcess, which clears the flag until the new processes set it
+// again.
+const acceptTimeout = 100 * time.Millisecond
+
+// boundAccepts gives the listening socket c a receive timeout, which Linux
+// applies to a blocking accept: it then fails with EAGAIN, and Go's
+// Accept waits for the poller as it should. Non-blocking calls, and the
+// non-blocking sockets accepted (which inherit the timeout), are not
+// affected.
+func boundAccepts(c syscall.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(acceptTimeout.Nanoseconds())
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	}); err != nil {
 		return err
 	}

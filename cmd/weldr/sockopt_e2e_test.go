@@ -143,3 +143,61 @@ func sockaddrString(sa unix.Sockaddr) string {
 	}
 	return ""
 }
+
+// The proxy's listening socket is one open file shared by the processes of
+// every generation, and so is its O_NONBLOCK flag. A process that puts it
+// in blocking mode (os.File.Fd does, which os.StartProcess calls on the
+// files it passes: tableflip's on an upgrade) leaves the workers' accepts
+// blocking in the kernel, and a worker's Close of the listener waits for
+// its accept, so it could not drain until a client came. The manager no
+// longer does so itself, and the socket has a receive timeout, which
+// bounds a blocking accept. Here the flag is cleared from outside, the
+// workers are sent back to accept, and SIGTERM still drains them at once.
+func TestWorkersDrainWhenTheListenerBlocks(t *testing.T) {
+	d := start(t, options{})
+	d.register(t, backend(t, "a").URL)
+	pid := d.pid(t)
+	workers := children(pid)
+	pidfd, err := unix.PidfdOpen(workers[0], 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	ln, err := unix.PidfdGetfd(pidfd, 3, 0) // a worker's listener
+	if errors.Is(err, unix.EPERM) {
+		t.Skipf("pidfd_getfd: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags, err := unix.FcntlInt(uintptr(ln), unix.F_GETFL, 0)
+	if err == nil {
+		_, err = unix.FcntlInt(uintptr(ln), unix.F_SETFL, flags&^unix.O_NONBLOCK)
+	}
+	unix.Close(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // after each, the worker that took it accepts again
+		if code, _, body := d.get(t, "/"); code != http.StatusOK {
+			t.Fatalf("GET / = %d %q, want 200", code, body)
+		}
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second+3*time.Second, "weldr to exit within the drain timeout", func() bool {
+		if alive(pid) {
+			return false
+		}
+		for _, w := range workers {
+			if alive(w) {
+				return false
+			}
+		}
+		return true
+	})
+	if log := d.log.String(); strings.Contains(log, "did not drain in time") {
+		t.Errorf("the workers had to be killed:\n%s", log)
+	}
+}
