@@ -14,12 +14,13 @@ import (
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
-// pipeIn is the worker's reading end of its pipe from the manager. Its
-// reads never wait: Receive says errEmpty while no whole frame is there,
+// pipeIn is the worker's end of its pipe from the manager. Its reads never
+// wait: Receive says errEmpty while no whole frame is there,
 // and ipc.Conn keeps a frame it has begun for the next call. poolUpdates
 // waits for the pipe through the runtime's poller; a request that finds
 // the bell ahead of the pool reads the pipe itself (worker.catchUp).
-// Whoever holds mu reads.
+// Whoever holds mu reads; the worker sends on c too (ipc.Conn allows one
+// sender beside one receiver).
 type pipeIn struct {
 	mu   sync.Mutex
 	conn net.Conn
@@ -34,10 +35,13 @@ type pipeIn struct {
 func newPipeIn(conn net.Conn) *pipeIn {
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
-			return &pipeIn{conn: conn, c: ipc.NewConn(readerOnly{nonBlocking{raw}}), raw: raw}
+			return &pipeIn{conn: conn, c: ipc.NewConn(struct {
+				io.Reader
+				io.Writer
+			}{nonBlocking{raw}, conn}), raw: raw}
 		}
 	}
-	return &pipeIn{conn: conn, c: ipc.NewConn(readerOnly{conn})}
+	return &pipeIn{conn: conn, c: ipc.NewConn(conn)}
 }
 
 // ended records how the pipe ended and wakes wait's caller: if a request
@@ -102,12 +106,4 @@ func (r nonBlocking) Read(b []byte) (n int, err error) {
 		return 0, io.EOF
 	}
 	return n, nil
-}
-
-// readerOnly is an io.ReadWriter for ipc.NewConn that only reads: the
-// worker sends on a Conn of its own.
-type readerOnly struct{ io.Reader }
-
-func (readerOnly) Write([]byte) (int, error) {
-	return 0, errors.New("the worker's pipeIn does not write")
 }

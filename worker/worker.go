@@ -57,7 +57,7 @@ type worker struct {
 // in the format the manager's settings name. The manager rings bell, which
 // may be nil, when it has written a pool change to conn.
 func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, logOut io.Writer) error {
-	c, in := ipc.NewConn(conn), newPipeIn(conn) // c sends
+	in := newPipeIn(conn)
 	defer conn.Close()
 	var m ipc.Message
 	stopWaiting := context.AfterFunc(ctx, func() { conn.Close() })
@@ -99,7 +99,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 		defer func() { close(stopFlushing); <-flushed }()
 	}
 
-	if err := c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
+	if err := in.c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
 		return fmt.Errorf("reporting ready: %w", err)
 	}
 	w.log.Debug("worker serving", "servers", len(w.servers))
@@ -113,7 +113,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 	}
 	reportCtx, stopReporting := context.WithCancel(context.Background())
 	reported := make(chan error, 1)
-	go func() { reported <- w.managerWriter(reportCtx, c, interval) }()
+	go func() { reported <- w.managerWriter(reportCtx, in.c, interval) }()
 
 	updated := make(chan drainRequest, 1)
 	go func() { updated <- w.poolUpdates() }()
@@ -180,10 +180,15 @@ func (w *worker) readPipe() *drainRequest {
 // readPipeLocked is readPipe with in.mu held.
 func (w *worker) readPipeLocked() *drainRequest {
 	p := w.in
-	for p.end == nil {
-		if !p.c.Buffered() && p.unpublished {
-			w.publishAndAck() // before a read that may find nothing, or wait
+	for {
+		// Once for a batch: before a read that may find nothing (or wait),
+		// or at the pipe's end.
+		if p.unpublished && (p.end != nil || !p.c.Buffered()) {
+			w.publishAndAck()
 			p.unpublished = false
+		}
+		if p.end != nil {
+			return p.end
 		}
 		err := p.c.Receive(&p.m)
 		switch {
@@ -201,11 +206,6 @@ func (w *worker) readPipeLocked() *drainRequest {
 			p.unpublished = true
 		}
 	}
-	if p.unpublished { // a batch that ended in Drain
-		w.publishAndAck()
-		p.unpublished = false
-	}
-	return p.end
 }
 
 // route returns the snapshot a request routes by: with a bell, the pool as
