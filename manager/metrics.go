@@ -91,7 +91,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	ready := m.ready
 	m.mu.Unlock()
 	client, _ := m.stats.totals()
-	gen, behind := m.stats.generatedTotals()
+	gen := m.stats.generatedTotals()
 
 	family("weldr_build_info", "gauge", "The running weldr's version.")
 	fmt.Fprintf(bw, "weldr_build_info{version=\"%s\"} 1\n", labelValue.Replace(Version))
@@ -132,7 +132,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(bw, "weldr_generated_responses_total{status=\"%d\"} %d\n", g.code, g.n)
 	}
 	family("weldr_requests_routed_behind_total", "counter", "Requests a worker routed by a pool older than the last change the manager had written to it (and rung its bell for). Stays 0.")
-	fmt.Fprintf(bw, "weldr_requests_routed_behind_total %d\n", behind)
+	fmt.Fprintf(bw, "weldr_requests_routed_behind_total %d\n", m.stats.routedBehind())
 
 	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")
 	m.metrics.checkDuration.write(bw, "weldr_health_check_duration_seconds")

@@ -37,25 +37,30 @@ func (m *Manager) applyNotsentLowat() {
 // rather than in the client's, and reaches the client faster
 // (docs/BENCHMARKS.md, "A small send queue for large bodies").
 func setNotsentLowat(c syscall.Conn, n int) error {
+	return withFD(c, func(fd int) error {
+		if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_MPTCP {
+			// Opened by an older generation: what it accepts would not
+			// inherit the option, and has the kernel's setting.
+			if n != 0 {
+				return errors.New("the listener, inherited, is a Multipath TCP socket; restart weldr to open it for TCP")
+			}
+			return nil
+		}
+		return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
+	})
+}
+
+// withFD calls f with c's descriptor and returns what either failed with.
+func withFD(c syscall.Conn, f func(fd int) error) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && p == unix.IPPROTO_MPTCP {
-			// Opened by an older generation: what it accepts would not
-			// inherit the option, and has the kernel's setting.
-			if n != 0 {
-				serr = errors.New("the listener, inherited, is a Multipath TCP socket; restart weldr to open it for TCP")
-			}
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
-	}); err != nil {
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
 		return err
 	}
-	return serr
+	return ferr
 }
 
 // The proxy's listening socket is one open file, shared by the manager, its
@@ -68,18 +73,14 @@ func setNotsentLowat(c syscall.Conn, n int) error {
 // listenerFile returns a duplicate of ln's descriptor, for the workers,
 // that stays non-blocking when passed on (unlike TCPListener.File).
 func listenerFile(ln *net.TCPListener) (*os.File, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
+	var dup int
+	if err := withFD(ln, func(fd int) (err error) {
+		dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		return os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
+	}); err != nil {
 		return nil, err
 	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", derr)
-	}
-	return os.NewFile(uintptr(fd), "proxy listener"), nil
+	return os.NewFile(uintptr(dup), "proxy listener"), nil
 }
 
 // acceptTimeout bounds an accept on the proxy listener should it be in
@@ -94,16 +95,8 @@ const acceptTimeout = 100 * time.Millisecond
 // non-blocking sockets accepted (which inherit the timeout), are not
 // affected.
 func boundAccepts(c syscall.Conn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
 	tv := unix.NsecToTimeval(acceptTimeout.Nanoseconds())
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	}); err != nil {
-		return err
-	}
-	return serr
+	return withFD(c, func(fd int) error {
+		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	})
 }

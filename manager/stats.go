@@ -77,12 +77,18 @@ func (t *statsTable) totals() (client, server Counts) {
 	return t.client, t.server
 }
 
-// generatedTotals returns the counts of weldr's own answers, and of the
-// requests routed behind a worker's bell.
-func (t *statsTable) generatedTotals() (ipc.Generated, uint64) {
+// generatedTotals returns the counts of weldr's own answers.
+func (t *statsTable) generatedTotals() ipc.Generated {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.generated, t.behind
+	return t.generated
+}
+
+// routedBehind returns the count of requests routed behind a worker's bell.
+func (t *statsTable) routedBehind() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.behind
 }
 
 // of returns one server's counters.
