@@ -64,16 +64,7 @@ func TestReadPipeAtEveryByte(t *testing.T) {
 	w := newTestWorker(wrk)
 	v := uint64(0)
 	for _, msg := range []ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{{ID: "127.0.0.1:1", URL: "http://127.0.0.1:1"}}}, {Kind: ipc.RemoveServer, ID: "127.0.0.1:1"}} {
-		for cut := 0; ; cut++ {
-			v++
-			msg.Version = v
-			frame, err := ipc.AppendFrame(nil, &msg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if cut > len(frame) {
-				break
-			}
+		eachCut(t, msg, &v, func(frame []byte, cut int) {
 			for _, part := range [][]byte{frame[:cut], frame[cut:]} {
 				if _, err := mgr.Write(part); err != nil {
 					t.Fatal(err)
@@ -94,7 +85,7 @@ func TestReadPipeAtEveryByte(t *testing.T) {
 			if want := map[ipc.Kind]int{ipc.AddServer: 1, ipc.RemoveServer: 0}[msg.Kind]; live != want {
 				t.Fatalf("version %d (%s): %d servers routed to, want %d", v, msg.Kind, live, want)
 			}
-		}
+		})
 	}
 }
 

@@ -642,16 +642,7 @@ func TestAChangeSplitAtEveryByte(t *testing.T) {
 		if msg.Kind == ipc.MarkServerDown {
 			want = map[string]bool{"b": true}
 		}
-		for cut := 0; ; cut++ {
-			v++
-			msg.Version = v
-			frame, err := ipc.AppendFrame(nil, &msg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if cut > len(frame) {
-				break
-			}
+		eachCut(t, msg, &v, func(frame []byte, cut int) {
 			if _, err := h.pipe.Write(frame[:cut]); err != nil {
 				t.Fatal(err)
 			}
@@ -664,10 +655,28 @@ func TestAChangeSplitAtEveryByte(t *testing.T) {
 				t.Fatalf("version %d (%s) cut after %d bytes: GET = %d %q, want 200 from one of %v", v, msg.Kind, cut, code, body, want)
 			}
 			h.waitApplied(t, v)
-		}
+		})
 	}
 	if n := strings.Count(h.logs.String(), "routing by an older pool"); n > 0 {
 		t.Errorf("%d requests could not catch up with the bell, want none", n)
+	}
+}
+
+// eachCut sends f msg's frame and each byte it may be cut at, from 0 to its
+// length, with a new version each time, counted on from *v.
+func eachCut(t *testing.T, msg ipc.Message, v *uint64, f func(frame []byte, cut int)) {
+	t.Helper()
+	for cut := 0; ; cut++ {
+		*v++
+		msg.Version = *v
+		frame, err := ipc.AppendFrame(nil, &msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cut > len(frame) {
+			return
+		}
+		f(frame, cut)
 	}
 }
 

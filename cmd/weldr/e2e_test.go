@@ -221,6 +221,16 @@ func children(pid int) []int {
 	return out
 }
 
+// exited reports whether none of pids is running.
+func exited(pids ...int) bool {
+	for _, p := range pids {
+		if alive(p) {
+			return false
+		}
+	}
+	return true
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

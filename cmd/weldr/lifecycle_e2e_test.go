@@ -28,15 +28,7 @@ func (d *daemon) upgrade(t *testing.T) (oldPID, newPID int) {
 	})
 	newPID = d.pid(t)
 	waitFor(t, 5*time.Second+3*time.Second, "the old generation to exit within the drain timeout", func() bool {
-		if alive(oldPID) {
-			return false
-		}
-		for _, w := range oldWorkers {
-			if alive(w) {
-				return false
-			}
-		}
-		return true
+		return exited(append(oldWorkers, oldPID)...)
 	})
 	if n := len(children(newPID)); n != 2 {
 		t.Errorf("new generation %d has %d children, want 2 workers", newPID, n)

@@ -187,15 +187,7 @@ func TestWorkersDrainWhenTheListenerBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second+3*time.Second, "weldr to exit within the drain timeout", func() bool {
-		if alive(pid) {
-			return false
-		}
-		for _, w := range workers {
-			if alive(w) {
-				return false
-			}
-		}
-		return true
+		return exited(append(workers, pid)...)
 	})
 	if log := d.log.String(); strings.Contains(log, "did not drain in time") {
 		t.Errorf("the workers had to be killed:\n%s", log)
