@@ -8,11 +8,23 @@
 //	go build -o /tmp/weldr ./cmd/weldr
 //	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 1s -measure 30s
 //
+// With -churn, it measures instead what admin mutations cost the proxy's
+// throughput: windows of wrk alone alternate with windows where clients
+// also register and remove servers, and it reports the CPU of every
+// process on the machine in each. -stand-in sends the mutations to a
+// stand-in admin API that only answers them, or answers and checks each
+// new server at once: the least a manager must do for a change, to set
+// weldr's figures against.
+//
+//	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 10s -settle 8s -measure 8s -churn 1000
+//	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 10s -settle 8s -measure 8s -churn 1000 -stand-in check
+//
 // Everything listens on 127.0.0.1 and stops by itself.
 package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -39,6 +51,10 @@ func main() {
 		serveOrigins(n)
 		return
 	}
+	if len(os.Args) > 2 && os.Args[1] == "stand-in" {
+		serveStandIn(os.Args[2] == "check")
+		return
+	}
 	weldr := flag.String("weldr", "", "path to the weldr binary (required)")
 	servers := flag.Int("servers", 10000, "servers in the pool")
 	perProc := flag.Int("per-process", 2000, "origins per origin process")
@@ -46,14 +62,23 @@ func main() {
 	settle := flag.Duration("settle", 10*time.Second, "time to let weldr settle before measuring")
 	measure := flag.Duration("measure", 30*time.Second, "measurement window")
 	workers := flag.Int("workers", 2, "weldr workers")
-	churn := flag.Int("churn", 0, "admin mutations per second to measure (0: the health checker only)")
+	rate := flag.Int("churn", 0, "admin mutations per second to measure (0: the health checker only)")
 	clients := flag.Int("clients", 32, "with -churn: concurrent admin clients")
 	rounds := flag.Int("rounds", 3, "with -churn: alternating quiet and churn windows")
+	conns := flag.String("admin-conns", "new", "with -churn: the admin clients open a connection per mutation (new) or keep one alive each (kept)")
+	standIn := flag.String("stand-in", "", "with -churn: send the mutations to a stand-in admin API instead of weldr's, which only answers them (answer) or also checks a new server at once over a connection it keeps until the server is removed (check)")
 	flag.Parse()
 	if *weldr == "" {
 		log.Fatal("-weldr is required")
 	}
-	if err := run(*weldr, *servers, *perProc, *workers, *interval, *settle, *measure, *churn, *clients, *rounds); err != nil {
+	if *conns != "new" && *conns != "kept" {
+		log.Fatalf("-admin-conns is new or kept, not %q", *conns)
+	}
+	if *standIn != "" && *standIn != "answer" && *standIn != "check" {
+		log.Fatalf("-stand-in is answer or check, not %q", *standIn)
+	}
+	c := &churn{rate: *rate, clients: *clients, rounds: *rounds, window: *measure, kept: *conns == "kept", servers: *servers}
+	if err := run(*weldr, *perProc, *workers, *interval, *settle, c, *standIn); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -66,7 +91,8 @@ type originProc struct {
 	ready  chan struct{}
 }
 
-func run(weldr string, servers, perProc, workers int, interval, settle, measure time.Duration, churn, clients, rounds int) error {
+func run(weldr string, perProc, workers int, interval, settle time.Duration, c *churn, standIn string) error {
+	servers, measure := c.servers, c.window
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -80,7 +106,7 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	}()
 	// With churn, 100 more origins are registered and removed at run time.
 	extra := 0
-	if churn > 0 {
+	if c.rate > 0 {
 		extra = 100
 	}
 	for left := servers + extra; left > 0; left -= perProc {
@@ -157,8 +183,19 @@ func run(weldr string, servers, perProc, workers int, interval, settle, measure 
 	log.Printf("weldr ready after %s; settling %s", time.Since(started).Round(time.Millisecond), settle)
 	time.Sleep(settle)
 
-	if churn > 0 {
-		return measureChurn(admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort), cmd.Process.Pid, servers, spare, churn, clients, rounds, measure)
+	if c.rate > 0 {
+		c.admin, c.target, c.proxy = admin, admin, fmt.Sprintf("http://127.0.0.1:%d/", proxyPort)
+		c.pid, c.origins, c.spare = cmd.Process.Pid, procs, spare
+		if standIn != "" {
+			s, addr, err := startStandIn(self, standIn)
+			if err != nil {
+				return err
+			}
+			defer func() { s.Process.Kill(); s.Wait() }()
+			c.target, c.standIn = "http://"+addr, s.Process.Pid
+			log.Printf("the mutations go to a stand-in admin API (%s) on %s, not to weldr", standIn, addr)
+		}
+		return measureChurn(c)
 	}
 	pid := cmd.Process.Pid
 	cpu0, checks0, t0 := cpuTicks(pid), totalChecks(procs), time.Now()
@@ -235,6 +272,101 @@ func serveOrigins(n int) {
 	}
 }
 
+// serveStandIn answers the admin API's mutations and nothing else, with
+// net/http as weldr does: POST /servers decodes the JSON body and answers
+// 201 with the server, DELETE /servers/:ip/:port answers 204. With check,
+// it also does what the SPEC asks of a new server besides routing to it:
+// one health check at once, on a connection kept until the server is
+// removed. It prints its address and exits when its standard input closes
+// (its parent is gone).
+func serveStandIn(check bool) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	var mu sync.Mutex
+	kept := map[string]net.Conn{} // host:port -> its check connection
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /servers", func(w http.ResponseWriter, r *http.Request) {
+		var s struct {
+			URL string `json:"url"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if host, ok := strings.CutPrefix(s.URL, "http://"); check && ok {
+			if conn, err := checkOnce(host); err == nil {
+				mu.Lock()
+				kept[host] = conn
+				mu.Unlock()
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(map[string]any{"url": s.URL, "state": "up"})
+	})
+	mux.HandleFunc("DELETE /servers/{ip}/{port}", func(w http.ResponseWriter, r *http.Request) {
+		host := net.JoinHostPort(r.PathValue("ip"), r.PathValue("port"))
+		mu.Lock()
+		if conn := kept[host]; conn != nil {
+			conn.Close()
+			delete(kept, host)
+		}
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	fmt.Printf("addr %s\n", ln.Addr())
+	go (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// checkOnce sends one health check to host on a new connection and returns
+// the connection, to be kept.
+func checkOnce(host string) (net.Conn, error) {
+	conn, err := net.DialTimeout("tcp", host, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err == nil {
+		_, err = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// startStandIn starts serveStandIn in a process of its own and returns it
+// with its address.
+func startStandIn(self, mode string) (*exec.Cmd, string, error) {
+	cmd := exec.Command(self, "stand-in", mode)
+	cmd.Stderr = os.Stderr
+	if _, err := cmd.StdinPipe(); err != nil { // closed when this process exits
+		return nil, "", err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "addr ")
+	if err != nil || !ok {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, "", fmt.Errorf("stand-in admin API: no address (%v)", err)
+	}
+	return cmd, addr, nil
+}
+
 // freePort returns a loopback port for weldr to listen on (see
 // weldrtest.LoopbackPort).
 func freePort() int {
@@ -297,77 +429,135 @@ func children(pid int) []int {
 	return out
 }
 
+// churn is what measureChurn runs: where the mutations go, how the admin
+// clients connect, and the processes whose CPU it reports.
+type churn struct {
+	admin   string // weldr's admin API: histograms and counters
+	target  string // where the mutations go: weldr's admin API or the stand-in's
+	standIn int    // the stand-in's PID; 0 when the mutations go to weldr
+	proxy   string
+	pid     int // weldr's manager
+	origins []*originProc
+	servers int
+	spare   []string
+	rate    int
+	clients int
+	rounds  int
+	window  time.Duration
+	kept    bool // the admin clients keep their connections alive
+}
+
+// usage is the CPU, in cores, that each party on the machine used in one
+// window: weldr's processes, this one (the admin clients), the origins, the
+// stand-in admin API and wrk.
+type usage struct{ weldr, clients, origins, standIn, wrk float64 }
+
+// ticks reads the CPU ticks of every party but wrk, which is timed when it
+// exits.
+func (c *churn) ticks() [4]int64 {
+	var origins, standIn int64
+	for _, p := range c.origins {
+		origins += cpuTicks(p.cmd.Process.Pid)
+	}
+	if c.standIn != 0 {
+		standIn = cpuTicks(c.standIn)
+	}
+	return [4]int64{treeTicks(c.pid), cpuTicks(os.Getpid()), origins, standIn}
+}
+
+// since returns the cores each party used since t0, over the window.
+func (c *churn) since(t0 [4]int64, wrkCPU time.Duration) usage {
+	t1 := c.ticks()
+	cores := func(i int) float64 { return float64(t1[i]-t0[i]) / hz / c.window.Seconds() }
+	return usage{cores(0), cores(1), cores(2), cores(3), wrkCPU.Seconds() / c.window.Seconds()}
+}
+
 // measureChurn alternates, rounds times, a quiet window of wrk against the
 // proxy with one where admin mutations (a POST or a DELETE of one of the
-// spare origins) also arrive at rate per second from clients concurrent
-// clients. It reports the median throughputs and their ratio, the mutation
-// rate achieved, the CPU weldr's processes used per window, and the pool
-// update latency weldr measured over all churn windows.
-func measureChurn(admin, proxy string, pid, servers int, spare []string, rate, clients, rounds int, window time.Duration) error {
+// spare origins) also arrive at rate per second from the clients. It
+// reports the median throughputs and their ratio, the mutation rate
+// achieved, the CPU of every process on the machine per window, and the
+// pool update latency weldr measured over all churn windows.
+func measureChurn(c *churn) error {
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("-churn needs wrk: %w", err)
 	}
-	added := make([]map[string]bool, clients) // client -> origin -> registered
-	for c := range added {
-		added[c] = map[string]bool{}
+	added := make([]map[string]bool, c.clients) // client -> origin -> registered
+	for i := range added {
+		added[i] = map[string]bool{}
 	}
-	var quiet, busy, ratio, rates, cpuQuiet, cpuBusy []float64
+	var quiet, busy, ratio, rates []float64
+	var cpuQuiet, cpuBusy []usage
 	var failed int64
 	// First the mutations alone, without proxy traffic: how fast a change
 	// reaches the workers when they are not competing with wrk for the CPUs.
-	before := histogram(admin)
-	t0 := treeTicks(pid)
-	_, alone, fails, err := churnWindow(admin, "", spare, added, rate, window)
+	before := histogram(c.admin)
+	t0 := c.ticks()
+	_, alone, fails, _, err := c.mutate(added, false)
 	if err != nil {
 		return err
 	}
-	aloneCPU := float64(treeTicks(pid)-t0) / hz / window.Seconds()
+	aloneCPU := c.since(t0, 0)
 	failed += fails
-	after := histogram(admin)
+	after := histogram(c.admin)
 	a50, a99, an := quantiles(before[update], after[update])
 	v50, v99, vn := quantiles(before[propagation], after[propagation])
-	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples), propagation p50 %s p99 %s (%d samples)", alone, aloneCPU, a50, a99, an, v50, v99, vn)
-	before = histogram(admin)
-	for r := range rounds {
-		t0 := treeTicks(pid)
-		q, err := wrk(proxy, window)
+	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples), propagation p50 %s p99 %s (%d samples)", alone, aloneCPU.weldr, a50, a99, an, v50, v99, vn)
+	// One window of traffic, not counted: in it the workers open their
+	// connections to the servers, which the first quiet window would pay
+	// for otherwise.
+	if _, _, err := wrk(c.proxy, c.window); err != nil {
+		return err
+	}
+	before = histogram(c.admin)
+	for r := range c.rounds {
+		t0 := c.ticks()
+		q, wq, err := wrk(c.proxy, c.window)
 		if err != nil {
 			return err
 		}
-		t1 := treeTicks(pid)
-		b, done, fails, err := churnWindow(admin, proxy, spare, added, rate, window)
+		cq := c.since(t0, wq)
+		t1 := c.ticks()
+		b, done, fails, wb, err := c.mutate(added, true)
 		if err != nil {
 			return err
 		}
-		t2 := treeTicks(pid)
+		cb := c.since(t1, wb)
 		failed += fails
 		quiet, busy, ratio = append(quiet, q), append(busy, b), append(ratio, b/q)
 		rates = append(rates, done)
-		cpuQuiet = append(cpuQuiet, float64(t1-t0)/hz/window.Seconds())
-		cpuBusy = append(cpuBusy, float64(t2-t1)/hz/window.Seconds())
+		cpuQuiet, cpuBusy = append(cpuQuiet, cq), append(cpuBusy, cb)
 		log.Printf("round %d: quiet %.0f req/s, under churn %.0f req/s (%.2f), %.0f mutations/s", r+1, q, b, b/q, done)
 	}
-	after = histogram(admin)
+	after = histogram(c.admin)
 	p50, p99, n := quantiles(before[update], after[update])
 	q50, q99, qn := quantiles(before[propagation], after[propagation])
 	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\tpropagation p50\tp99\tsamples\n")
-	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t%s\t%d\n", servers, median(quiet), median(busy), median(ratio),
-		median(rates), failed, median(cpuQuiet), median(cpuBusy), p50, p99, n, q50, q99, qn)
-	fmt.Printf("(medians of %d alternating rounds; CPU in cores, manager + workers)\n", rounds)
-	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU, a50, a99, an, v50, v99, vn)
-	fmt.Printf("requests routed by a pool older than the last change written to their worker: %s\n", counter(admin, "weldr_requests_routed_behind_total"))
+	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t%s\t%d\n", c.servers, median(quiet), median(busy), median(ratio),
+		median(rates), failed, medianUse(cpuQuiet).weldr, medianUse(cpuBusy).weldr, p50, p99, n, q50, q99, qn)
+	fmt.Printf("(medians of %d alternating rounds, after one window of traffic not counted; CPU in cores, manager + workers)\n", c.rounds)
+	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU.weldr, a50, a99, an, v50, v99, vn)
+	fmt.Printf("requests routed by a pool older than the last change written to their worker: %s\n", counter(c.admin, "weldr_requests_routed_behind_total"))
+	fmt.Printf("\nCPU by process, cores (medians of each column)\twrk\torigins\tweldr\tadmin clients\tstand-in admin API\ttotal\n")
+	for _, w := range []struct {
+		name string
+		u    usage
+	}{{"mutations alone", aloneCPU}, {"quiet", medianUse(cpuQuiet)}, {"under churn", medianUse(cpuBusy)}} {
+		u := w.u
+		fmt.Printf("%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", w.name, u.wrk, u.origins, u.weldr, u.clients, u.standIn, u.wrk+u.origins+u.weldr+u.clients+u.standIn)
+	}
 	return nil
 }
 
-// churnWindow runs wrk for window (or just waits, without proxy) while the clients register and remove
-// spare origins at rate per second. Client c owns the spare origins whose
-// index is c modulo the number of clients, so a POST and a DELETE of the
-// same server never race.
-func churnWindow(admin, proxy string, spare []string, added []map[string]bool, rate int, window time.Duration) (reqs, mutations float64, failed int64, err error) {
+// mutate runs wrk for a window (or just waits, without traffic) while the
+// clients register and remove spare origins at c.rate per second. Client i
+// owns the spare origins whose index is i modulo the number of clients, so
+// a POST and a DELETE of the same server never race.
+func (c *churn) mutate(added []map[string]bool, traffic bool) (reqs, mutations float64, failed int64, wrkCPU time.Duration, err error) {
 	stop := make(chan struct{})
 	var done, fails atomic.Int64
 	var wg sync.WaitGroup
-	tokens := make(chan int, rate)
+	tokens := make(chan int, c.rate)
 	go func() { // paces the mutations: tokens owed by the clock, not by ticks
 		t := time.NewTicker(time.Millisecond) // a late tick is made up for
 		defer t.Stop()
@@ -378,7 +568,7 @@ func churnWindow(admin, proxy string, spare []string, added []map[string]bool, r
 				close(tokens)
 				return
 			case now := <-t.C:
-				for owed := int(now.Sub(start).Seconds() * float64(rate)); issued < owed; issued++ {
+				for owed := int(now.Sub(start).Seconds() * float64(c.rate)); issued < owed; issued++ {
 					select {
 					case tokens <- issued:
 					default: // the clients fall behind: the achieved rate says so
@@ -388,14 +578,19 @@ func churnWindow(admin, proxy string, spare []string, added []map[string]bool, r
 		}
 	}()
 	n := len(added)
-	for c := range n {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			client := &http.Client{Timeout: 10 * time.Second}
+			// Either a connection per mutation, as backends registering
+			// themselves make, or one kept alive per client, as a control
+			// plane would.
+			tr := &http.Transport{DisableKeepAlives: !c.kept, MaxIdleConnsPerHost: 1}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 			var own []string
-			for i := c; i < len(spare); i += n {
-				own = append(own, spare[i])
+			for k := i; k < len(c.spare); k += n {
+				own = append(own, c.spare[k])
 			}
 			if len(own) == 0 {
 				return
@@ -403,17 +598,17 @@ func churnWindow(admin, proxy string, spare []string, added []map[string]bool, r
 			for k := range tokens {
 				a := own[k%len(own)]
 				var req *http.Request
-				if added[c][a] {
+				if added[i][a] {
 					host, port, _ := net.SplitHostPort(a)
-					req, _ = http.NewRequest("DELETE", admin+"/servers/"+host+"/"+port, nil)
+					req, _ = http.NewRequest("DELETE", c.target+"/servers/"+host+"/"+port, nil)
 				} else {
-					req, _ = http.NewRequest("POST", admin+"/servers", strings.NewReader(`{"url": "http://`+a+`"}`))
+					req, _ = http.NewRequest("POST", c.target+"/servers", strings.NewReader(`{"url": "http://`+a+`"}`))
 				}
 				res, err := client.Do(req)
 				if err != nil || res.StatusCode >= 300 {
 					fails.Add(1)
 				} else {
-					added[c][a] = !added[c][a]
+					added[i][a] = !added[i][a]
 				}
 				if res != nil {
 					io.Copy(io.Discard, res.Body)
@@ -424,15 +619,33 @@ func churnWindow(admin, proxy string, spare []string, added []map[string]bool, r
 		}()
 	}
 	start := time.Now()
-	if proxy != "" {
-		reqs, err = wrk(proxy, window)
+	if traffic {
+		reqs, wrkCPU, err = wrk(c.proxy, c.window)
 	} else {
-		time.Sleep(window)
+		time.Sleep(c.window)
 	}
 	took := time.Since(start)
 	close(stop)
 	wg.Wait()
-	return reqs, float64(done.Load()) / took.Seconds(), fails.Load(), err
+	return reqs, float64(done.Load()) / took.Seconds(), fails.Load(), wrkCPU, err
+}
+
+// medianUse is the median of each party's CPU over the windows.
+func medianUse(us []usage) usage {
+	col := func(f func(usage) float64) float64 {
+		v := make([]float64, len(us))
+		for i, u := range us {
+			v[i] = f(u)
+		}
+		return median(v)
+	}
+	return usage{
+		weldr:   col(func(u usage) float64 { return u.weldr }),
+		clients: col(func(u usage) float64 { return u.clients }),
+		origins: col(func(u usage) float64 { return u.origins }),
+		standIn: col(func(u usage) float64 { return u.standIn }),
+		wrk:     col(func(u usage) float64 { return u.wrk }),
+	}
 }
 
 func median(v []float64) float64 {
@@ -444,18 +657,22 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-// wrk runs wrk -t2 -c64 against url and returns requests per second.
-func wrk(url string, d time.Duration) (float64, error) {
-	out, err := exec.Command("wrk", "-t2", "-c64", "-d"+d.String(), url).Output()
+// wrk runs wrk -t2 -c64 against url and returns requests per second and
+// the CPU wrk used.
+func wrk(url string, d time.Duration) (float64, time.Duration, error) {
+	cmd := exec.Command("wrk", "-t2", "-c64", "-d"+d.String(), url)
+	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("wrk: %w", err)
+		return 0, 0, fmt.Errorf("wrk: %w", err)
 	}
+	used := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	for _, line := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Requests/sec:"); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+			rps, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return rps, used, err
 		}
 	}
-	return 0, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
+	return 0, 0, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
 }
 
 // histogram returns the cumulative buckets of the pool change histograms,
