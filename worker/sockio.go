@@ -124,7 +124,7 @@ func (s *sockIO) recvInq(p []byte) (n int, again bool, errno syscall.Errno) {
 	s.inq = -1
 	for {
 		msg.SetControllen(len(ctl))
-		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, s.fd, uintptr(unsafe.Pointer(&msg)), 0)
+		r, _, e := syscall.RawSyscall(unix.SYS_RECVMSG, s.fd, uintptr(unsafe.Pointer(&msg)), 0)
 		switch e {
 		case syscall.EINTR:
 			continue
@@ -213,6 +213,6 @@ func rawRW(trap, fd uintptr, p []byte) (n int, again bool, errno syscall.Errno) 
 // peekRaw peeks at one byte without blocking and without telling the
 // scheduler (see sockIO).
 func peekRaw(fd uintptr, one *byte) (int, syscall.Errno) {
-	r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(one)), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	r, _, e := syscall.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(one)), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 	return int(r), e
 }
