@@ -12,9 +12,10 @@
 // throughput: windows of wrk alone alternate with windows where clients
 // also register and remove servers, and it reports the CPU of every
 // process on the machine in each. -stand-in sends the mutations to a
-// stand-in admin API that only answers them, or answers and checks each
-// new server at once: the least a manager must do for a change, to set
-// weldr's figures against.
+// stand-in admin API instead: one that answers them and does nothing
+// else, or one that also checks each new server at once, as the SPEC
+// asks. They show what the mutations cost the machine before weldr does
+// anything with them.
 //
 //	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 10s -settle 8s -measure 8s -churn 1000
 //	go run ./bench/healthcheck -weldr /tmp/weldr -servers 10000 -interval 10s -settle 8s -measure 8s -churn 1000 -stand-in check
@@ -66,7 +67,7 @@ func main() {
 	clients := flag.Int("clients", 32, "with -churn: concurrent admin clients")
 	rounds := flag.Int("rounds", 3, "with -churn: alternating quiet and churn windows")
 	conns := flag.String("admin-conns", "new", "with -churn: the admin clients open a connection per mutation (new) or keep one alive each (kept)")
-	standIn := flag.String("stand-in", "", "with -churn: send the mutations to a stand-in admin API instead of weldr's, which only answers them (answer) or also checks a new server at once over a connection it keeps until the server is removed (check)")
+	standIn := flag.String("stand-in", "", "with -churn: send the mutations to a stand-in admin API, not to weldr's: answer (it answers them and does nothing else) or check (it also checks each new server at once)")
 	flag.Parse()
 	if *weldr == "" {
 		log.Fatal("-weldr is required")
@@ -76,6 +77,9 @@ func main() {
 	}
 	if *standIn != "" && *standIn != "answer" && *standIn != "check" {
 		log.Fatalf("-stand-in is answer or check, not %q", *standIn)
+	}
+	if *rate == 0 && (*standIn != "" || *conns != "new") {
+		log.Fatal("-stand-in and -admin-conns go with -churn")
 	}
 	c := &churn{rate: *rate, clients: *clients, rounds: *rounds, window: *measure, kept: *conns == "kept", servers: *servers}
 	if err := run(*weldr, *perProc, *workers, *interval, *settle, c, *standIn); err != nil {
@@ -275,10 +279,10 @@ func serveOrigins(n int) {
 // serveStandIn answers the admin API's mutations and nothing else, with
 // net/http as weldr does: POST /servers decodes the JSON body and answers
 // 201 with the server, DELETE /servers/:ip/:port answers 204. With check,
-// it also does what the SPEC asks of a new server besides routing to it:
-// one health check at once, on a connection kept until the server is
-// removed. It prints its address and exits when its standard input closes
-// (its parent is gone).
+// it also checks each new server at once, as the SPEC asks (here before
+// answering; weldr answers first), and keeps the check's connection until
+// the server is removed, as weldr does. It prints its address and exits
+// when its standard input closes (its parent is gone).
 func serveStandIn(check bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -298,6 +302,9 @@ func serveStandIn(check bool) {
 		if host, ok := strings.CutPrefix(s.URL, "http://"); check && ok {
 			if conn, err := checkOnce(host); err == nil {
 				mu.Lock()
+				if old := kept[host]; old != nil {
+					old.Close() // registered again
+				}
 				kept[host] = conn
 				mu.Unlock()
 			}
@@ -448,29 +455,42 @@ type churn struct {
 }
 
 // usage is the CPU, in cores, that each party on the machine used in one
-// window: weldr's processes, this one (the admin clients), the origins, the
-// stand-in admin API and wrk.
-type usage struct{ weldr, clients, origins, standIn, wrk float64 }
+// window: weldr's manager and its workers, this process (the admin
+// clients), the origins, the stand-in admin API and wrk.
+type usage struct{ manager, workers, clients, origins, standIn, wrk float64 }
 
-// ticks reads the CPU ticks of every party but wrk, which is timed when it
-// exits.
-func (c *churn) ticks() [4]int64 {
-	var origins, standIn int64
+// ticks is a reading of every party's CPU ticks but wrk's, which is timed
+// when it exits.
+type ticks struct {
+	at                                          time.Time
+	manager, workers, clients, origins, standIn int64
+}
+
+func (c *churn) ticks() ticks {
+	t := ticks{at: time.Now(), manager: cpuTicks(c.pid), clients: cpuTicks(os.Getpid())}
+	for _, w := range children(c.pid) {
+		t.workers += cpuTicks(w)
+	}
 	for _, p := range c.origins {
-		origins += cpuTicks(p.cmd.Process.Pid)
+		t.origins += cpuTicks(p.cmd.Process.Pid)
 	}
 	if c.standIn != 0 {
-		standIn = cpuTicks(c.standIn)
+		t.standIn = cpuTicks(c.standIn)
 	}
-	return [4]int64{treeTicks(c.pid), cpuTicks(os.Getpid()), origins, standIn}
+	return t
 }
 
-// since returns the cores each party used since t0, over the window.
-func (c *churn) since(t0 [4]int64, wrkCPU time.Duration) usage {
+// since returns the cores each party used since t0.
+func (c *churn) since(t0 ticks, wrkCPU time.Duration) usage {
 	t1 := c.ticks()
-	cores := func(i int) float64 { return float64(t1[i]-t0[i]) / hz / c.window.Seconds() }
-	return usage{cores(0), cores(1), cores(2), cores(3), wrkCPU.Seconds() / c.window.Seconds()}
+	secs := t1.at.Sub(t0.at).Seconds()
+	cores := func(a, b int64) float64 { return float64(b-a) / hz / secs }
+	return usage{cores(t0.manager, t1.manager), cores(t0.workers, t1.workers), cores(t0.clients, t1.clients),
+		cores(t0.origins, t1.origins), cores(t0.standIn, t1.standIn), wrkCPU.Seconds() / secs}
 }
+
+// weldr is the CPU of weldr's whole tree.
+func (u usage) weldr() float64 { return u.manager + u.workers }
 
 // measureChurn alternates, rounds times, a quiet window of wrk against the
 // proxy with one where admin mutations (a POST or a DELETE of one of the
@@ -502,7 +522,7 @@ func measureChurn(c *churn) error {
 	after := histogram(c.admin)
 	a50, a99, an := quantiles(before[update], after[update])
 	v50, v99, vn := quantiles(before[propagation], after[propagation])
-	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples), propagation p50 %s p99 %s (%d samples)", alone, aloneCPU.weldr, a50, a99, an, v50, v99, vn)
+	log.Printf("mutations alone: %.0f/s, weldr CPU %.2f cores, pool update p50 %s p99 %s (%d samples), propagation p50 %s p99 %s (%d samples)", alone, aloneCPU.weldr(), a50, a99, an, v50, v99, vn)
 	// One window of traffic, not counted: in it the workers open their
 	// connections to the servers, which the first quiet window would pay
 	// for otherwise.
@@ -534,17 +554,18 @@ func measureChurn(c *churn) error {
 	q50, q99, qn := quantiles(before[propagation], after[propagation])
 	fmt.Printf("servers in pool\tquiet req/s\treq/s under churn\tratio\tmutations/s\tfailed\tweldr CPU quiet\tunder churn\tpool update p50\tp99 (≤ bucket)\tsamples\tpropagation p50\tp99\tsamples\n")
 	fmt.Printf("%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%.2f\t%.2f\t%s\t%s\t%d\t%s\t%s\t%d\n", c.servers, median(quiet), median(busy), median(ratio),
-		median(rates), failed, medianUse(cpuQuiet).weldr, medianUse(cpuBusy).weldr, p50, p99, n, q50, q99, qn)
+		median(rates), failed, medianUse(cpuQuiet).weldr(), medianUse(cpuBusy).weldr(), p50, p99, n, q50, q99, qn)
 	fmt.Printf("(medians of %d alternating rounds, after one window of traffic not counted; CPU in cores, manager + workers)\n", c.rounds)
-	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU.weldr, a50, a99, an, v50, v99, vn)
+	fmt.Printf("mutations alone (no proxy traffic): %.0f/s, weldr CPU %.2f cores, pool update p50 %s, p99 %s (%d samples), propagation p50 %s, p99 %s (%d samples)\n", alone, aloneCPU.weldr(), a50, a99, an, v50, v99, vn)
 	fmt.Printf("requests routed by a pool older than the last change written to their worker: %s\n", counter(c.admin, "weldr_requests_routed_behind_total"))
-	fmt.Printf("\nCPU by process, cores (medians of each column)\twrk\torigins\tweldr\tadmin clients\tstand-in admin API\ttotal\n")
+	fmt.Printf("\nCPU by process, cores (medians of each column over the rounds; total: their sum)\twrk\torigins\tweldr manager\tweldr workers\tadmin clients\tstand-in admin API\ttotal\n")
 	for _, w := range []struct {
 		name string
 		u    usage
-	}{{"mutations alone", aloneCPU}, {"quiet", medianUse(cpuQuiet)}, {"under churn", medianUse(cpuBusy)}} {
+	}{{"mutations alone (one window)", aloneCPU}, {"quiet", medianUse(cpuQuiet)}, {"under churn", medianUse(cpuBusy)}} {
 		u := w.u
-		fmt.Printf("%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", w.name, u.wrk, u.origins, u.weldr, u.clients, u.standIn, u.wrk+u.origins+u.weldr+u.clients+u.standIn)
+		fmt.Printf("%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", w.name, u.wrk, u.origins, u.manager, u.workers, u.clients, u.standIn,
+			u.wrk+u.origins+u.manager+u.workers+u.clients+u.standIn)
 	}
 	return nil
 }
@@ -557,7 +578,9 @@ func (c *churn) mutate(added []map[string]bool, traffic bool) (reqs, mutations f
 	stop := make(chan struct{})
 	var done, fails atomic.Int64
 	var wg sync.WaitGroup
-	tokens := make(chan int, c.rate)
+	// A token per client at most waits: when the clients fall behind, the
+	// mutations they could not make are dropped, not made after the window.
+	tokens := make(chan int, len(added))
 	go func() { // paces the mutations: tokens owed by the clock, not by ticks
 		t := time.NewTicker(time.Millisecond) // a late tick is made up for
 		defer t.Stop()
@@ -596,6 +619,11 @@ func (c *churn) mutate(added []map[string]bool, traffic bool) (reqs, mutations f
 				return
 			}
 			for k := range tokens {
+				select {
+				case <-stop:
+					return // the window is over; what is queued is not made
+				default:
+				}
 				a := own[k%len(own)]
 				var req *http.Request
 				if added[i][a] {
@@ -640,7 +668,8 @@ func medianUse(us []usage) usage {
 		return median(v)
 	}
 	return usage{
-		weldr:   col(func(u usage) float64 { return u.weldr }),
+		manager: col(func(u usage) float64 { return u.manager }),
+		workers: col(func(u usage) float64 { return u.workers }),
 		clients: col(func(u usage) float64 { return u.clients }),
 		origins: col(func(u usage) float64 { return u.origins }),
 		standIn: col(func(u usage) float64 { return u.standIn }),
