@@ -209,6 +209,7 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 	}
 	m.broadcast(msgs)
 	if len(msgs) > 0 {
+		m.awaitPropagation(m.version, changedAt)
 		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
 		m.stateSeq++
 	}
@@ -216,7 +217,7 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 	m.mu.Unlock()
 
 	m.persist()
-	m.waitApplied(r.Context(), version, changedAt)
+	m.waitInForce(r.Context(), version)
 	switch {
 	case added:
 		m.log.Info("server added", "server", s.ID, "url", s.URL, "weight", s.Weight)
@@ -305,13 +306,14 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	_, msgs := m.pool.Remove(id)
 	changedAt := ipc.Now() // before a worker can have it
 	m.broadcast(msgs)
+	m.awaitPropagation(m.version, changedAt)
 	m.stats.forget(id)
 	m.stateSeq++
 	version := m.version
 	m.mu.Unlock()
 
 	m.persist()
-	m.waitApplied(r.Context(), version, changedAt)
+	m.waitInForce(r.Context(), version)
 	m.log.Info("server removed", "server", id)
 	return http.StatusNoContent, nil, nil
 }

@@ -350,27 +350,103 @@ func TestAdminNoReflectedHTML(t *testing.T) {
 	}
 }
 
-// waitApplied times a change by the acknowledgements of the workers that
-// were serving before it, not by the start-up of one whose first snapshot
-// held it.
+// A change's propagation is timed by the acknowledgements of the workers
+// that were serving before it, not by the start-up of one whose first
+// snapshot held it, and only once every serving worker has acknowledged it.
 func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
-	serving := &workerProc{ready: true, started: 1, applied: 5}
-	serving.acks.add(5, 3000)
+	serving := &workerProc{ready: true, started: 1, applied: 4}
+	late := &workerProc{ready: true, started: 1, applied: 4}
 	m.procs[serving] = struct{}{}
+	m.procs[late] = struct{}{}
 	m.procs[&workerProc{ready: true, started: 5, applied: 5}] = struct{}{}
 
-	m.waitApplied(context.Background(), 5, 1000)
-	if h := m.metrics.propagation; h.n != 1 || h.sum != 2e-6 {
-		t.Errorf("propagation observed %d times, sum %gs; want once, 2µs (from the serving worker's acknowledgement)", h.n, h.sum)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.awaitPropagation(5, 1000)
+	serving.applied = 5
+	serving.acks.add(5, 3000)
+	m.notify()
+	if h := m.metrics.propagation; h.n != 0 || len(m.pending) != 1 {
+		t.Fatalf("propagation observed %d times, %d changes pending; want none observed while a worker has not applied the change", h.n, len(m.pending))
 	}
-	delete(m.procs, serving) // only the worker that started with version 5 is left
-	m.waitApplied(context.Background(), 5, 1000)
-	if h := m.metrics.propagation; h.n != 1 {
-		t.Errorf("propagation observed %d times, want still once: a start-up is not a propagation", h.n)
+	late.applied = 6 // a later change covers it
+	late.acks.add(6, 2500)
+	m.notify()
+	if h := m.metrics.propagation; h.n != 1 || h.sum != 2e-6 || len(m.pending) != 0 {
+		t.Errorf("propagation observed %d times, sum %gs, %d pending; want once, 2µs (the last serving worker's acknowledgement), none pending", h.n, h.sum, len(m.pending))
 	}
-	if h := m.metrics.applyDuration; h.n != 2 {
-		t.Errorf("the API wait observed %d times, want 2", h.n)
+
+	clear(m.procs) // only a worker that started with version 7 is left
+	m.procs[&workerProc{ready: true, started: 7, applied: 7}] = struct{}{}
+	m.awaitPropagation(7, 4000)
+	if h := m.metrics.propagation; h.n != 1 || len(m.pending) != 0 {
+		t.Errorf("propagation observed %d times, %d pending; want still once, none pending: a start-up is not a propagation", h.n, len(m.pending))
+	}
+}
+
+// A change that a worker never acknowledges is given up after applyTimeout,
+// so that the pending changes do not pile up behind it.
+func TestPropagationOfAStuckWorkerIsGivenUp(t *testing.T) {
+	m, _, _ := newTestManager(t, Default())
+	clear(m.procs)
+	stuck := &workerProc{ready: true, started: 1, applied: 1}
+	m.procs[stuck] = struct{}{}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.awaitPropagation(2, 1000)
+	m.awaitPropagation(3, 1000+int64(applyTimeout)) // not yet older than applyTimeout
+	if len(m.pending) != 2 {
+		t.Fatalf("%d changes pending, want 2", len(m.pending))
+	}
+	m.awaitPropagation(4, 1001+int64(applyTimeout))
+	if len(m.pending) != 2 || m.pending[0].version != 3 {
+		t.Errorf("pending %v, want versions 3 and 4: version 2 waited more than %s", m.pending, applyTimeout)
+	}
+}
+
+// The admin API answers once a change is in force in every serving worker:
+// applied, or whole in its pipe with its bell rung. A worker without a bell
+// must have applied it.
+func TestWaitInForce(t *testing.T) {
+	m, _, _ := newTestManager(t, Default())
+	clear(m.procs)
+	bell, f, err := ipc.NewBell()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { bell.Close() })
+	rung := &workerProc{ready: true, applied: 1, bell: bell}
+	m.procs[rung] = struct{}{}
+	m.procs[&workerProc{ready: false, applied: 0}] = struct{}{} // starting: its snapshot is newer
+
+	// waitInForce observes its wait only when the change is in force; it
+	// also returns when its request ends, here at once.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	inForce := func(v uint64) bool {
+		n := m.metrics.applyDuration.n
+		m.waitInForce(ended, v)
+		return m.metrics.applyDuration.n == n+1
+	}
+	if inForce(2) {
+		t.Fatal("waitInForce(2) returned before the worker's bell was rung with 2 or it applied 2")
+	}
+	bell.Ring(2)
+	if !inForce(2) {
+		t.Error("waitInForce(2) waits although the worker's bell was rung with 2")
+	}
+	noBell := &workerProc{ready: true, applied: 1}
+	m.procs[noBell] = struct{}{}
+	if inForce(2) {
+		t.Fatal("waitInForce(2) returned although a worker without a bell has not applied 2")
+	}
+	m.mu.Lock()
+	noBell.applied = 2
+	m.mu.Unlock()
+	if !inForce(2) {
+		t.Error("waitInForce(2) waits although every worker has 2")
 	}
 }

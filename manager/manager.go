@@ -48,7 +48,8 @@ type Manager struct {
 	checksCtx context.Context // nil until health checks start; ended when they stop
 	procs     map[*workerProc]struct{}
 	ready     int
-	changed   chan struct{} // closed and replaced when a worker's state changes
+	changed   chan struct{}   // closed and replaced when a worker's state changes
+	pending   []pendingChange // admin changes whose propagation is yet to be observed
 
 	handover   bool       // a new generation is starting: mutations wait for it
 	stateSeq   uint64     // bumped by every change of the registered servers
@@ -307,47 +308,32 @@ func (m *Manager) waitReady(ctx context.Context, n int, timeout time.Duration) e
 }
 
 // applyTimeout bounds how long an admin mutation waits for the workers to
-// apply it before answering anyway.
+// have its change before answering anyway, and how long its propagation is
+// waited for before it goes unobserved.
 const applyTimeout = 2 * time.Second
 
-// waitApplied waits until every serving worker routes by pool version v, so
-// that an admin change is in effect when the API answers. A worker that is
-// starting needs no wait: its snapshot is newer. changedAt is when the pool
-// changed to v, as ipc.Now reads it, or 0 if the request changed nothing.
-//
-// It also observes when the last worker began to route by v, by the
-// workers' own stamps. Workers that started with v in their snapshot are
-// left out, and so is a worker that applied v and was then killed or exited
-// before the wait ended.
-func (m *Manager) waitApplied(ctx context.Context, v uint64, changedAt int64) {
+// waitInForce waits until pool version v is in force in every serving
+// worker, so that an admin change is in effect when the API answers: the
+// worker has applied it, or has it whole in its pipe with its bell rung,
+// in which case the next request it routes reads it first
+// (worker.catchUp). A worker without a bell must have applied it. A
+// worker that is starting needs no wait: its snapshot is newer.
+func (m *Manager) waitInForce(ctx context.Context, v uint64) {
 	start := time.Now()
 	deadline := time.NewTimer(applyTimeout)
 	defer deadline.Stop()
 	for {
 		m.mu.Lock()
 		behind := 0
-		last, known := int64(0), changedAt > 0 // when the last worker began to route by v
 		for wp := range m.procs {
-			if !wp.ready || wp.killed {
-				continue
-			}
-			if wp.applied < v {
+			if wp.ready && !wp.killed && wp.applied < v && (wp.bell == nil || wp.bell.Version() < v) {
 				behind++
-				continue
 			}
-			if wp.started >= v {
-				continue // started with v: its stamp is its start-up
-			}
-			at, ok := wp.acks.routedAt(v)
-			last, known = max(last, at), known && ok
 		}
 		changed := m.changed
 		m.mu.Unlock()
 		if behind == 0 {
 			m.metrics.applyDuration.observe(time.Since(start).Seconds())
-			if known && last > 0 {
-				m.metrics.propagation.observe(max(0, time.Duration(last-changedAt)).Seconds())
-			}
 			return
 		}
 		select {
@@ -355,9 +341,61 @@ func (m *Manager) waitApplied(ctx context.Context, v uint64, changedAt int64) {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
-			m.log.Warn("workers slow to apply a pool change", "behind", behind, "version", v, "waited", applyTimeout)
+			m.log.Warn("workers slow to take a pool change", "behind", behind, "version", v, "waited", applyTimeout)
 			return
 		}
+	}
+}
+
+// pendingChange is an admin change whose propagation is still to be
+// observed: its pool version, and when the pool changed to it, as ipc.Now
+// reads it.
+type pendingChange struct {
+	version uint64
+	at      int64
+}
+
+// awaitPropagation records that the pool changed to version v at changedAt
+// (ipc.Now), to observe when the last serving worker began to route by it
+// once they have all said so. Changes older than applyTimeout that are
+// still waiting are given up. Called with m.mu held.
+func (m *Manager) awaitPropagation(v uint64, changedAt int64) {
+	expired := 0
+	for len(m.pending) > 0 && time.Duration(changedAt-m.pending[0].at) > applyTimeout {
+		m.pending = m.pending[1:]
+		expired++
+	}
+	if expired > 0 {
+		m.log.Warn("workers slow to apply pool changes: their propagation is not observed", "changes", expired, "waited", applyTimeout)
+	}
+	m.pending = append(m.pending, pendingChange{v, changedAt})
+	m.observePropagation() // with no worker serving, there is none to wait for
+}
+
+// observePropagation observes, oldest first, the propagation of the pending
+// changes every serving worker has applied: the time from the change to
+// the last worker's acknowledgement, by the workers' own stamps. Workers
+// that started with the change in their snapshot are left out, and so is
+// a worker that applied it and then was killed or exited. Called with m.mu
+// held, whenever a worker's state changes.
+func (m *Manager) observePropagation() {
+	for len(m.pending) > 0 {
+		p := m.pending[0]
+		last, known := int64(0), true
+		for wp := range m.procs {
+			switch {
+			case !wp.ready || wp.killed || wp.started >= p.version:
+				continue // not serving, or started with the change
+			case wp.applied < p.version:
+				return
+			}
+			at, ok := wp.acks.routedAt(p.version)
+			last, known = max(last, at), known && ok
+		}
+		if known && last > 0 {
+			m.metrics.propagation.observe(max(0, time.Duration(last-p.at)).Seconds())
+		}
+		m.pending = m.pending[1:]
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 // from the workers' reports in statsTable.
 type metrics struct {
 	checkDuration *histogram // seconds per health check
-	applyDuration *histogram // seconds the admin API waited (after saving the state) to hear every worker route by a change
+	applyDuration *histogram // seconds the admin API waited (after saving the state) for its change to be in force in every worker
 	propagation   *histogram // seconds from an admin change to the last worker routing by it, by the workers' stamps
 }
 
@@ -137,7 +137,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")
 	m.metrics.checkDuration.write(bw, "weldr_health_check_duration_seconds")
 
-	family("weldr_pool_update_seconds", "histogram", "Time an admin API request waits, after saving the state file, to hear that every worker routes by its change.")
+	family("weldr_pool_update_seconds", "histogram", "Time an admin API request waits, after saving the state file, for its change to be in force in every worker: applied, or whole in the worker's pipe with its bell rung, so that the worker's next request reads it before it is routed.")
 	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
 	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker routing by it, by the workers' clocks: without the manager's wait to hear from them.")
 	m.metrics.propagation.write(bw, "weldr_pool_propagation_seconds")

@@ -210,12 +210,18 @@ func workerEnv(env []string) []string {
 func (m *Manager) pipeWriter(wp *workerProc, c *ipc.Conn) {
 	for msg := range wp.out {
 		err := c.Send(msg)
-		if err == nil && msg.Version > 0 && wp.bell != nil {
+		rung := err == nil && msg.Version > 0 && wp.bell != nil
+		if rung {
 			// Before queued is decremented: writeNow rings only once it
 			// is 0, so its later versions land after this one.
 			wp.bell.Ring(msg.Version)
 		}
 		wp.queued.Add(-1)
+		if rung {
+			m.mu.Lock()
+			m.notify() // admin requests waiting for the change to be in force
+			m.mu.Unlock()
+		}
 		if err != nil {
 			m.log.Debug("sending to worker failed", "pid", wp.cmd.Process.Pid, "error", err)
 			m.mu.Lock()
@@ -372,4 +378,5 @@ func (m *Manager) setReady(delta int) {
 func (m *Manager) notify() {
 	close(m.changed)
 	m.changed = make(chan struct{})
+	m.observePropagation()
 }

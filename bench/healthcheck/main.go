@@ -783,14 +783,5 @@ func quantiles(before, after map[string]float64) (p50, p99 string, n int) {
 	return p50, p99, int(total)
 }
 
-// treeTicks returns the CPU ticks used by pid and its children.
-func treeTicks(pid int) int64 {
-	t := cpuTicks(pid)
-	for _, c := range children(pid) {
-		t += cpuTicks(c)
-	}
-	return t
-}
-
 // hz is USER_HZ on Linux, the unit of /proc/PID/stat's times.
 const hz = 100

@@ -426,9 +426,10 @@ func TestStatsAndMetricsAreExact(t *testing.T) {
 }
 
 // TestPoolChangeMetrics checks what the two pool change histograms count:
-// every admin request that waits for the workers in the API's, only real
-// changes in the propagation one, timed by the clock the manager and the
-// workers share.
+// every admin request that waits for its change to be in force in the
+// API's, only real changes in the propagation one (observed once the
+// workers have said they applied them, after the API answered), timed by
+// the clock the manager and the workers share.
 func TestPoolChangeMetrics(t *testing.T) {
 	d := startWeldr(t, 2, "")
 	a := newOrigin(t, "a", "/health")
@@ -439,6 +440,9 @@ func TestPoolChangeMetrics(t *testing.T) {
 	path := "/servers/" + strings.Replace(a.addr, ":", "/", 1)
 	if code, body := d.api(t, "DELETE", path, ""); code != http.StatusNoContent {
 		t.Fatalf("DELETE %s = %d %s, want 204", path, code, body)
+	}
+	for deadline := time.Now().Add(10 * time.Second); d.metric(t, "weldr_pool_propagation_seconds_count") < 2 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	for sample, want := range map[string]int64{
 		"weldr_pool_update_seconds_count":      3,
