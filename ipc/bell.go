@@ -84,8 +84,9 @@ func OpenBell(fd int) (*Bell, error) {
 // newBell is the bell in mem, a mapping of a bell's file. The mapping is
 // page-aligned, so the word is too: atomic access is sound, and it is the
 // same word in both processes. (Not on ARMv6, whose 64-bit atomics take a
-// lock of their own process: there a worker could read a torn version,
-// which would cost a needless wake-up or a late one, nothing more.)
+// lock of their own process: there a worker could read a torn version and
+// catch up late, routing a request by a pool the admin API has already
+// answered for.)
 func newBell(mem []byte) *Bell {
 	return &Bell{mem: mem, v: (*atomic.Uint64)(unsafe.Pointer(&mem[0]))}
 }

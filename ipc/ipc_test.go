@@ -59,7 +59,7 @@ func sampleMessages() []Message {
 		{Kind: MarkServerActive, ID: "10.0.0.5:8080"},
 		{Kind: Drain, DrainTimeout: 30 * time.Second},
 		{Kind: Drain},
-		{Kind: Ready, PID: 4242, Version: 7},
+		{Kind: Ready, PID: 4242, Version: 7, Bell: true},
 		{Kind: Applied, Version: 1 << 40, At: 1 << 50},
 		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2,
 			Generated: Generated{BadRequest: 1, BadGateway: 2, ServiceUnavailable: 3, GatewayTimeout: 4},

@@ -92,6 +92,9 @@ type Message struct {
 	DrainTimeout time.Duration `msgpack:"dt,omitempty"`
 	// PID is the worker's process ID on Ready.
 	PID int `msgpack:"pid,omitempty"`
+	// Bell is set on Ready by a worker that reads its bell on every
+	// request (ipc.Bell): a change rung is then in force there.
+	Bell bool `msgpack:"bell,omitempty"`
 	// Stats is set on ReportStats.
 	Stats *Stats `msgpack:"st,omitempty"`
 	// At is, on Applied, a time no earlier than when the worker began to

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -26,10 +27,17 @@ func newTestManager(t *testing.T, cfg *Config) (*Manager, *httptest.Server, chan
 		t.Fatal(err)
 	}
 	q := make(chan *ipc.Message, 100)
-	m.procs[&workerProc{out: q}] = struct{}{}
+	m.procs[queueWorker(q)] = struct{}{}
 	srv := httptest.NewServer(m.adminHandler())
 	t.Cleanup(srv.Close)
 	return m, srv, q
+}
+
+// queueWorker is a worker that gets the broadcasts in q and is never waited
+// for: one still starting, with a snapshot newer than any change a test
+// makes.
+func queueWorker(q chan *ipc.Message) *workerProc {
+	return &workerProc{out: q, snapshot: math.MaxUint64}
 }
 
 func call(t *testing.T, srv *httptest.Server, method, path, body string) (int, http.Header, string) {
@@ -356,38 +364,41 @@ func TestAdminNoReflectedHTML(t *testing.T) {
 func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
-	serving := &workerProc{ready: true, started: 1, applied: 4}
-	late := &workerProc{ready: true, started: 1, applied: 4}
-	m.procs[serving] = struct{}{}
-	m.procs[late] = struct{}{}
+	first := &workerProc{ready: true, started: 1, applied: 4}
+	second := &workerProc{ready: true, started: 1, applied: 4}
+	m.procs[first] = struct{}{}
+	m.procs[second] = struct{}{}
 	m.procs[&workerProc{ready: true, started: 5, applied: 5}] = struct{}{}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.awaitPropagation(5, 1000)
-	serving.applied = 5
-	serving.acks.add(5, 3000)
+	now := ipc.Now()
+	m.awaitPropagation(5, now)
+	first.applied = 5
+	first.acks.add(5, now+2000)
 	m.notify()
 	if h := m.metrics.propagation; h.n != 0 || len(m.pending) != 1 {
 		t.Fatalf("propagation observed %d times, %d changes pending; want none observed while a worker has not applied the change", h.n, len(m.pending))
 	}
-	late.applied = 6 // a later change covers it
-	late.acks.add(6, 2500)
+	second.applied = 6 // a later change covers it
+	second.acks.add(6, now+1500)
 	m.notify()
 	if h := m.metrics.propagation; h.n != 1 || h.sum != 2e-6 || len(m.pending) != 0 {
-		t.Errorf("propagation observed %d times, sum %gs, %d pending; want once, 2µs (the last serving worker's acknowledgement), none pending", h.n, h.sum, len(m.pending))
+		t.Errorf("propagation observed %d times, sum %gs, %d pending; want once, 2µs (the later of the two acknowledgements), none pending", h.n, h.sum, len(m.pending))
 	}
 
 	clear(m.procs) // only a worker that started with version 7 is left
 	m.procs[&workerProc{ready: true, started: 7, applied: 7}] = struct{}{}
-	m.awaitPropagation(7, 4000)
+	m.awaitPropagation(7, ipc.Now())
 	if h := m.metrics.propagation; h.n != 1 || len(m.pending) != 0 {
 		t.Errorf("propagation observed %d times, %d pending; want still once, none pending: a start-up is not a propagation", h.n, len(m.pending))
 	}
 }
 
-// A change that a worker never acknowledges is given up after applyTimeout,
-// so that the pending changes do not pile up behind it.
+// A change that a worker has not acknowledged applyTimeout after it was
+// made is given up, as the API's wait gives up: its propagation is not
+// observed, even when the acknowledgement comes later, and the changes
+// behind it are observed.
 func TestPropagationOfAStuckWorkerIsGivenUp(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
@@ -395,20 +406,30 @@ func TestPropagationOfAStuckWorkerIsGivenUp(t *testing.T) {
 	m.procs[stuck] = struct{}{}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.awaitPropagation(2, 1000)
-	m.awaitPropagation(3, 1000+int64(applyTimeout)) // not yet older than applyTimeout
-	if len(m.pending) != 2 {
-		t.Fatalf("%d changes pending, want 2", len(m.pending))
+	now := ipc.Now()
+	m.awaitPropagation(2, now-int64(2*applyTimeout)) // made long ago
+	m.awaitPropagation(3, now)
+	if len(m.pending) != 1 || m.pending[0].version != 3 {
+		t.Fatalf("pending %v, want version 3 only: version 2 waited more than %s", m.pending, applyTimeout)
 	}
-	m.awaitPropagation(4, 1001+int64(applyTimeout))
-	if len(m.pending) != 2 || m.pending[0].version != 3 {
-		t.Errorf("pending %v, want versions 3 and 4: version 2 waited more than %s", m.pending, applyTimeout)
+	stuck.applied = 2
+	stuck.acks.add(2, now)
+	m.notify()
+	if h := m.metrics.propagation; h.n != 0 || len(m.pending) != 1 {
+		t.Errorf("propagation observed %d times, %d pending; want none observed (2 was given up, 3 not applied), 3 pending", h.n, len(m.pending))
+	}
+	stuck.applied = 3
+	stuck.acks.add(3, now+1000)
+	m.notify()
+	if h := m.metrics.propagation; h.n != 1 || h.sum != 1e-6 || len(m.pending) != 0 {
+		t.Errorf("propagation observed %d times, sum %gs, %d pending; want 3's alone, 1µs", h.n, h.sum, len(m.pending))
 	}
 }
 
-// The admin API answers once a change is in force in every serving worker:
-// applied, or whole in its pipe with its bell rung. A worker without a bell
-// must have applied it.
+// The admin API answers once a change is in force in every worker: applied,
+// or whole in its pipe with its bell rung if the worker said on Ready that
+// it reads its bell. A worker that is starting is waited for only if its
+// snapshot is older than the change.
 func TestWaitInForce(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
@@ -418,9 +439,10 @@ func TestWaitInForce(t *testing.T) {
 	}
 	f.Close()
 	t.Cleanup(func() { bell.Close() })
-	rung := &workerProc{ready: true, applied: 1, bell: bell}
+	rung := &workerProc{ready: true, rings: true, applied: 1, bell: bell}
 	m.procs[rung] = struct{}{}
-	m.procs[&workerProc{ready: false, applied: 0}] = struct{}{} // starting: its snapshot is newer
+	m.procs[&workerProc{snapshot: 3}] = struct{}{} // starting, with a newer snapshot
+	m.procs[&workerProc{ready: true, killed: true}] = struct{}{}
 
 	// waitInForce observes its wait only when the change is in force; it
 	// also returns when its request ends, here at once.
@@ -432,21 +454,36 @@ func TestWaitInForce(t *testing.T) {
 		return m.metrics.applyDuration.n == n+1
 	}
 	if inForce(2) {
-		t.Fatal("waitInForce(2) returned before the worker's bell was rung with 2 or it applied 2")
+		t.Fatal("in force before the worker's bell was rung with 2 or it applied 2")
 	}
 	bell.Ring(2)
 	if !inForce(2) {
-		t.Error("waitInForce(2) waits although the worker's bell was rung with 2")
+		t.Fatal("not in force although the worker's bell was rung with 2")
 	}
-	noBell := &workerProc{ready: true, applied: 1}
-	m.procs[noBell] = struct{}{}
+
+	// A worker with a bell that it did not say it reads must apply it.
+	silent := &workerProc{ready: true, applied: 1, bell: bell}
+	m.procs[silent] = struct{}{}
 	if inForce(2) {
-		t.Fatal("waitInForce(2) returned although a worker without a bell has not applied 2")
+		t.Error("in force although a worker that does not read its bell has not applied 2")
 	}
 	m.mu.Lock()
-	noBell.applied = 2
+	silent.applied = 2
 	m.mu.Unlock()
 	if !inForce(2) {
-		t.Error("waitInForce(2) waits although every worker has 2")
+		t.Error("not in force although every worker has 2")
+	}
+
+	// A worker starting with a snapshot older than the change.
+	starting := &workerProc{snapshot: 1}
+	m.procs[starting] = struct{}{}
+	if inForce(2) {
+		t.Error("in force although a worker is starting with a snapshot older than 2")
+	}
+	m.mu.Lock()
+	starting.ready, starting.rings, starting.bell, starting.applied = true, true, bell, 1
+	m.mu.Unlock()
+	if !inForce(2) {
+		t.Error("not in force although the started worker's bell was rung with 2")
 	}
 }

@@ -55,7 +55,7 @@ func FuzzAdminServersPost(f *testing.F) {
 			t.Fatal(err)
 		}
 		q := make(chan *ipc.Message, 100)
-		m.procs[&workerProc{out: q}] = struct{}{}
+		m.procs[queueWorker(q)] = struct{}{}
 		before := m.pool.List()
 
 		req := httptest.NewRequest("POST", "/servers", bytes.NewReader(body))

@@ -50,6 +50,9 @@ type Manager struct {
 	ready     int
 	changed   chan struct{}   // closed and replaced when a worker's state changes
 	pending   []pendingChange // admin changes whose propagation is yet to be observed
+	// propagationLost is set once a pending change is given up, and
+	// cleared when one is observed: a stuck worker is logged once.
+	propagationLost bool
 
 	handover   bool       // a new generation is starting: mutations wait for it
 	stateSeq   uint64     // bumped by every change of the registered servers
@@ -307,17 +310,20 @@ func (m *Manager) waitReady(ctx context.Context, n int, timeout time.Duration) e
 	}
 }
 
-// applyTimeout bounds how long an admin mutation waits for the workers to
-// have its change before answering anyway, and how long its propagation is
-// waited for before it goes unobserved.
+// applyTimeout bounds how long an admin mutation waits for its change to
+// be in force before answering anyway, and how long a change's propagation
+// is waited for before it goes unobserved.
 const applyTimeout = 2 * time.Second
 
-// waitInForce waits until pool version v is in force in every serving
-// worker, so that an admin change is in effect when the API answers: the
-// worker has applied it, or has it whole in its pipe with its bell rung,
-// in which case the next request it routes reads it first
-// (worker.catchUp). A worker without a bell must have applied it. A
-// worker that is starting needs no wait: its snapshot is newer.
+// waitInForce waits until pool version v is in force in every worker of
+// this generation, so that an admin change is in effect when the API
+// answers: the worker has applied it, or has it whole in its pipe with its
+// bell rung, in which case the next request it routes reads it first
+// (worker.catchUp). A worker that did not say on Ready that it reads its
+// bell must have applied it. A worker that is starting needs no wait if
+// its snapshot holds v; otherwise it is waited for like the others, once
+// it is ready. Past applyTimeout, or when the request ends, it returns
+// anyway.
 func (m *Manager) waitInForce(ctx context.Context, v uint64) {
 	start := time.Now()
 	deadline := time.NewTimer(applyTimeout)
@@ -326,7 +332,13 @@ func (m *Manager) waitInForce(ctx context.Context, v uint64) {
 		m.mu.Lock()
 		behind := 0
 		for wp := range m.procs {
-			if wp.ready && !wp.killed && wp.applied < v && (wp.bell == nil || wp.bell.Version() < v) {
+			switch {
+			case wp.killed || wp.applied >= v:
+			case !wp.ready:
+				if wp.snapshot < v {
+					behind++
+				}
+			case !wp.rings || wp.bell.Version() < v:
 				behind++
 			}
 		}
@@ -357,17 +369,8 @@ type pendingChange struct {
 
 // awaitPropagation records that the pool changed to version v at changedAt
 // (ipc.Now), to observe when the last serving worker began to route by it
-// once they have all said so. Changes older than applyTimeout that are
-// still waiting are given up. Called with m.mu held.
+// once they have all said so. Called with m.mu held.
 func (m *Manager) awaitPropagation(v uint64, changedAt int64) {
-	expired := 0
-	for len(m.pending) > 0 && time.Duration(changedAt-m.pending[0].at) > applyTimeout {
-		m.pending = m.pending[1:]
-		expired++
-	}
-	if expired > 0 {
-		m.log.Warn("workers slow to apply pool changes: their propagation is not observed", "changes", expired, "waited", applyTimeout)
-	}
 	m.pending = append(m.pending, pendingChange{v, changedAt})
 	m.observePropagation() // with no worker serving, there is none to wait for
 }
@@ -378,9 +381,22 @@ func (m *Manager) awaitPropagation(v uint64, changedAt int64) {
 // that started with the change in their snapshot are left out, and so is
 // a worker that applied it and then was killed or exited. Called with m.mu
 // held, whenever a worker's state changes.
+//
+// A change still pending applyTimeout after it was made is given up, as
+// the API gives up waiting for it: its propagation is not observed, and
+// the first such change in a row is logged.
 func (m *Manager) observePropagation() {
+	now := ipc.Now()
 	for len(m.pending) > 0 {
 		p := m.pending[0]
+		if time.Duration(now-p.at) > applyTimeout {
+			if !m.propagationLost {
+				m.propagationLost = true
+				m.log.Warn("workers slow to apply a pool change: its propagation is not observed", "version", p.version, "waited", applyTimeout)
+			}
+			m.pending = m.pending[1:]
+			continue
+		}
 		last, known := int64(0), true
 		for wp := range m.procs {
 			switch {
@@ -395,7 +411,7 @@ func (m *Manager) observePropagation() {
 		if known && last > 0 {
 			m.metrics.propagation.observe(max(0, time.Duration(last-p.at)).Seconds())
 		}
-		m.pending = m.pending[1:]
+		m.pending, m.propagationLost = m.pending[1:], false
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,16 +55,20 @@ func (h *histogram) observe(v float64) {
 	h.n++
 }
 
+// write writes h from a copy taken under its lock: observe is called with
+// the manager's lock held, which a slow reader of /metrics must not hold
+// up.
 func (h *histogram) write(w *bufio.Writer, name string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	counts, sum, n := slices.Clone(h.counts), h.sum, h.n
+	h.mu.Unlock()
 	var cum uint64
 	for i, b := range h.bounds {
-		cum += h.counts[i]
+		cum += counts[i]
 		fmt.Fprintf(w, "%s_bucket{le=\"%s\"} %d\n", name, strconv.FormatFloat(b, 'g', -1, 64), cum)
 	}
 	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %s\n%s_count %d\n",
-		name, h.n, name, strconv.FormatFloat(h.sum, 'g', -1, 64), name, h.n)
+		name, n, name, strconv.FormatFloat(sum, 'g', -1, 64), name, n)
 }
 
 // labelValue escapes a Prometheus label value.
@@ -137,9 +142,9 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	family("weldr_health_check_duration_seconds", "histogram", "Time taken by active health checks.")
 	m.metrics.checkDuration.write(bw, "weldr_health_check_duration_seconds")
 
-	family("weldr_pool_update_seconds", "histogram", "Time an admin API request waits, after saving the state file, for its change to be in force in every worker: applied, or whole in the worker's pipe with its bell rung, so that the worker's next request reads it before it is routed.")
+	family("weldr_pool_update_seconds", "histogram", "Time an admin API request waits, after saving the state file, for its change to be in force in every worker: applied, or whole in the worker's pipe with its bell rung, so that the worker's next request reads it before it is routed. Waits that gave up (2 s) or whose request ended are not counted.")
 	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
-	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker routing by it, by the workers' clocks: without the manager's wait to hear from them.")
+	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker applying it, by the workers' clocks, from their acknowledgements. A change some worker has not applied within 2 s is not counted.")
 	m.metrics.propagation.write(bw, "weldr_pool_propagation_seconds")
 
 	family("weldr_workers", "gauge", "Worker processes configured.")

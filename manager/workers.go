@@ -37,11 +37,13 @@ type workerProc struct {
 	// it is in the pipe, by whoever wrote it there.
 	bell *ipc.Bell
 	// Guarded by Manager.mu.
-	ready   bool
-	killed  bool
-	applied uint64 // the pool version the worker last said it routes by
-	started uint64 // the version of the snapshot it started with
-	acks    ackLog // when it began to route by later versions, as Applied says
+	ready    bool
+	killed   bool
+	snapshot uint64 // the version of the snapshot queued for it at its start
+	rings    bool   // it said on Ready that it reads its bell on every request
+	applied  uint64 // the pool version the worker last said it routes by
+	started  uint64 // the version of the snapshot it started with, as Ready says
+	acks     ackLog // when it began to route by later versions, as Applied says
 }
 
 // ackLog keeps a worker's latest acknowledgements of pool versions, to tell
@@ -162,6 +164,7 @@ func (m *Manager) runWorker(slot int) error {
 	m.mu.Lock()
 	snap := m.pool.Snapshot(m.settings)
 	snap.Version = m.version
+	wp.snapshot = snap.Version
 	m.queue(wp, snap)
 	if m.isStopping() {
 		m.queue(wp, m.drainMessage()) // started as the manager began to stop
@@ -179,6 +182,8 @@ func (m *Manager) runWorker(slot int) error {
 	delete(m.procs, wp)
 	if wp.ready {
 		m.setReady(-1)
+	} else {
+		m.notify() // admin requests may have waited for it to start
 	}
 	close(wp.out)
 	m.mu.Unlock()
@@ -252,6 +257,7 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		switch msg.Kind {
 		case ipc.Ready:
 			wp.applied, wp.started = msg.Version, msg.Version
+			wp.rings = msg.Bell && wp.bell != nil
 			if !wp.ready {
 				wp.ready = true
 				m.setReady(+1)

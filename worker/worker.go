@@ -99,7 +99,7 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 		defer func() { close(stopFlushing); <-flushed }()
 	}
 
-	if err := in.c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load()}); err != nil {
+	if err := in.c.Send(&ipc.Message{Kind: ipc.Ready, PID: os.Getpid(), Version: w.applied.Load(), Bell: w.bell != nil}); err != nil {
 		return fmt.Errorf("reporting ready: %w", err)
 	}
 	w.log.Debug("worker serving", "servers", len(w.servers))

@@ -134,6 +134,9 @@ func startWorkerBell(t *testing.T, bell bool, set ipc.Settings, servers ...ipc.S
 	if m.Kind != ipc.Ready || m.PID != os.Getpid() {
 		t.Fatalf("first message from the worker = %s with PID %d, want Ready with PID %d", m.Kind, m.PID, os.Getpid())
 	}
+	if m.Bell != bell {
+		t.Fatalf("Ready says the worker reads a bell: %t, want %t (the manager counts a change rung as in force only then)", m.Bell, bell)
+	}
 	h.reading = true
 	go h.statsReader()
 	return h

@@ -135,6 +135,7 @@ func TestAWorkerThatWasNotRunningRoutesByTheChangeFirst(t *testing.T) {
 		}
 	}
 
+	updates := d.metric(t, "weldr_pool_update_seconds_count")
 	if err := syscall.Kill(worker, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,6 @@ func TestAWorkerThatWasNotRunningRoutesByTheChangeFirst(t *testing.T) {
 	defer resume()
 	removed := make(chan int, 1)
 	go func() {
-		// Answered once the worker acknowledges, after it runs again.
 		req, _ := http.NewRequest("DELETE", d.admin+"/servers/"+strings.Replace(au.Host, ":", "/", 1), nil)
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -162,6 +162,20 @@ func TestAWorkerThatWasNotRunningRoutesByTheChangeFirst(t *testing.T) {
 		v, err := bellOf(worker)
 		return err == nil && v > before
 	})
+	// Answered while the worker is stopped: a change rung is in force. The
+	// API counts its wait only when the change was in force, not when it
+	// gave up waiting (after 2 s).
+	select {
+	case code := <-removed:
+		if code != http.StatusNoContent {
+			t.Errorf("DELETE a = %d, want 204", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("DELETE a not answered while the worker is stopped")
+	}
+	if got := d.metric(t, "weldr_pool_update_seconds_count"); got != updates+1 {
+		t.Errorf("weldr_pool_update_seconds_count went from %d to %d, want one more: the API did not find the change in force", updates, got)
+	}
 	for _, c := range conns {
 		c.send(t) // after the change, so the worker finds these ready first
 	}
@@ -170,9 +184,6 @@ func TestAWorkerThatWasNotRunningRoutesByTheChangeFirst(t *testing.T) {
 		if code, body := c.read(t); code != http.StatusServiceUnavailable {
 			t.Errorf("connection %d: GET after the change = %d %q, want 503: no server is left", i, code, body)
 		}
-	}
-	if code := <-removed; code != http.StatusNoContent {
-		t.Errorf("DELETE a = %d, want 204", code)
 	}
 	if got := d.metric(t, "weldr_requests_routed_behind_total"); got != 0 {
 		t.Errorf("weldr_requests_routed_behind_total = %d, want 0", got)
