@@ -15,7 +15,7 @@ import (
 type metrics struct {
 	checkDuration *histogram // seconds per health check
 	applyDuration *histogram // seconds the admin API waited (after saving the state) for its change to be in force in every worker
-	propagation   *histogram // seconds from an admin change to the last worker routing by it, by the workers' stamps
+	propagation   *histogram // seconds from an admin change to the last worker applying it, by the workers' stamps
 }
 
 // updateBuckets bound the pool change histograms, in seconds.
