@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -222,4 +223,44 @@ func fileConn(t *testing.T, fd int) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// A change the pipeWriter writes (the broadcast queued it) is in force once
+// the pipeWriter rings the bell, which then wakes the admin requests
+// waiting for it.
+func TestAQueuedChangeRungWakesItsWaiters(t *testing.T) {
+	pw := newPipeWorker(t, 0)
+	m, wp := pw.m, pw.wp
+	bell, f, err := ipc.NewBell()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { bell.Close() })
+	wp.raw = nil // the broadcast queues every change for the pipeWriter
+	wp.ready, wp.rings, wp.bell, wp.applied = true, true, bell, m.version
+	go io.Copy(io.Discard, pw.theirs)
+
+	pw.broadcast(t, &ipc.Message{Kind: ipc.RemoveServer, ID: "10.0.0.1:80"})
+	m.mu.Lock()
+	v, waiting := m.version, m.changed
+	m.mu.Unlock()
+	if bell.Version() >= v {
+		t.Fatalf("bell rung with %d before the pipeWriter wrote version %d", bell.Version(), v)
+	}
+	close(pw.start)
+	select {
+	case <-waiting:
+	case <-time.After(time.Minute):
+		t.Fatal("the pipeWriter wrote the change but did not wake the requests waiting for it")
+	}
+	if bell.Version() < v {
+		t.Errorf("waiters woken with the bell at %d, before version %d was rung", bell.Version(), v)
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	m.waitInForce(ended, v)
+	if h := m.metrics.applyDuration; h.n != 1 {
+		t.Errorf("the change is not in force once rung: the API's wait observed %d times, want 1", h.n)
+	}
 }
