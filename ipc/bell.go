@@ -16,8 +16,9 @@ import (
 //
 // Why: Go's scheduler polls the network only when it has no goroutine left
 // to run, so a worker busy with requests can leave a readable pipe unread
-// for milliseconds. A worker that reads the bell on each request wakes its
-// reader as soon as a change has arrived.
+// for milliseconds. A worker that reads the bell on each request reads the
+// pipe itself when a change has arrived, before it routes the request; so
+// a change rung is in force, and the admin API answers once it is rung.
 type Bell struct {
 	mem []byte
 	v   *atomic.Uint64

@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/weldr-proxy/weldr/ipc"
 )
 
 // maxAdminBody bounds an admin request body.
@@ -203,13 +201,8 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		return 0, nil, errHandover
 	}
 	added, msgs := m.pool.Add(s)
-	var changedAt int64
 	if len(msgs) > 0 {
-		changedAt = ipc.Now() // before a worker can have it
-	}
-	m.broadcast(msgs)
-	if len(msgs) > 0 {
-		m.awaitPropagation(m.version, changedAt)
+		m.broadcastChange(msgs)
 		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
 		m.stateSeq++
 	}
@@ -304,9 +297,7 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	}
 	m.stopChecks(s)
 	_, msgs := m.pool.Remove(id)
-	changedAt := ipc.Now() // before a worker can have it
-	m.broadcast(msgs)
-	m.awaitPropagation(m.version, changedAt)
+	m.broadcastChange(msgs)
 	m.stats.forget(id)
 	m.stateSeq++
 	version := m.version

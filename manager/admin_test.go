@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weldr-proxy/weldr/ipc"
 )
@@ -364,11 +365,11 @@ func TestAdminNoReflectedHTML(t *testing.T) {
 func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
-	first := &workerProc{ready: true, started: 1, applied: 4}
-	second := &workerProc{ready: true, started: 1, applied: 4}
+	first := &workerProc{ready: true, snapshot: 1, applied: 4}
+	second := &workerProc{ready: true, snapshot: 1, applied: 4}
 	m.procs[first] = struct{}{}
 	m.procs[second] = struct{}{}
-	m.procs[&workerProc{ready: true, started: 5, applied: 5}] = struct{}{}
+	m.procs[&workerProc{ready: true, snapshot: 5, applied: 5}] = struct{}{}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -388,7 +389,7 @@ func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 	}
 
 	clear(m.procs) // only a worker that started with version 7 is left
-	m.procs[&workerProc{ready: true, started: 7, applied: 7}] = struct{}{}
+	m.procs[&workerProc{ready: true, snapshot: 7, applied: 7}] = struct{}{}
 	m.awaitPropagation(7, ipc.Now())
 	if h := m.metrics.propagation; h.n != 1 || len(m.pending) != 0 {
 		t.Errorf("propagation observed %d times, %d pending; want still once, none pending: a start-up is not a propagation", h.n, len(m.pending))
@@ -402,7 +403,7 @@ func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 func TestPropagationOfAStuckWorkerIsGivenUp(t *testing.T) {
 	m, _, _ := newTestManager(t, Default())
 	clear(m.procs)
-	stuck := &workerProc{ready: true, started: 1, applied: 1}
+	stuck := &workerProc{ready: true, snapshot: 1, applied: 1}
 	m.procs[stuck] = struct{}{}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -485,5 +486,23 @@ func TestWaitInForce(t *testing.T) {
 	m.mu.Unlock()
 	if !inForce(2) {
 		t.Error("not in force although the started worker's bell was rung with 2")
+	}
+}
+
+// A change a worker does not take within applyTimeout is answered for
+// anyway, and the wait, which gave up, is not counted as the API's.
+func TestWaitInForceGivesUp(t *testing.T) {
+	m, _, _ := newTestManager(t, Default())
+	clear(m.procs)
+	m.procs[&workerProc{ready: true, applied: 1}] = struct{}{} // no bell, never applies 2
+	done := make(chan struct{})
+	go func() { m.waitInForce(context.Background(), 2); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("waitInForce still waits a minute after the change, want it to give up after %s", applyTimeout)
+	}
+	if h := m.metrics.applyDuration; h.n != 0 {
+		t.Errorf("the API's wait observed %d times, want 0: it gave up", h.n)
 	}
 }

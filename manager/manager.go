@@ -367,6 +367,14 @@ type pendingChange struct {
 	at      int64
 }
 
+// broadcastChange broadcasts an admin change of the pool, made of msgs, and
+// awaits its propagation. Called with m.mu held.
+func (m *Manager) broadcastChange(msgs []*ipc.Message) {
+	changedAt := ipc.Now() // before a worker can have it
+	m.broadcast(msgs)
+	m.awaitPropagation(m.version, changedAt)
+}
+
 // awaitPropagation records that the pool changed to version v at changedAt
 // (ipc.Now), to observe when the last serving worker began to route by it
 // once they have all said so. Called with m.mu held.
@@ -400,7 +408,7 @@ func (m *Manager) observePropagation() {
 		last, known := int64(0), true
 		for wp := range m.procs {
 			switch {
-			case !wp.ready || wp.killed || wp.started >= p.version:
+			case !wp.ready || wp.killed || wp.snapshot >= p.version:
 				continue // not serving, or started with the change
 			case wp.applied < p.version:
 				return

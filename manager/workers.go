@@ -42,7 +42,6 @@ type workerProc struct {
 	snapshot uint64 // the version of the snapshot queued for it at its start
 	rings    bool   // it said on Ready that it reads its bell on every request
 	applied  uint64 // the pool version the worker last said it routes by
-	started  uint64 // the version of the snapshot it started with, as Ready says
 	acks     ackLog // when it began to route by later versions, as Applied says
 }
 
@@ -256,7 +255,7 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 		m.mu.Lock()
 		switch msg.Kind {
 		case ipc.Ready:
-			wp.applied, wp.started = msg.Version, msg.Version
+			wp.applied = msg.Version
 			wp.rings = msg.Bell && wp.bell != nil
 			if !wp.ready {
 				wp.ready = true
