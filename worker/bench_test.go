@@ -102,6 +102,52 @@ func BenchmarkProxyRoundTrip(b *testing.B) {
 	}
 }
 
+// TestRequestPathAllocatesNothing: a kept-alive GET forwarded by a real
+// worker, and its answer read, allocate nothing in the whole process
+// (client, worker and origin). One allocation per request costs the
+// allocator's time, and the collector's later.
+func TestRequestPathAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
+	addr := startBenchWorker(t, fixedOrigin(t, benchResponse))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := []byte("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: bench\r\n\r\n")
+	var m message
+	lim := limits{headerBytes: 64 << 10, lineBytes: 8192}
+	var failed error
+	roundTrip := func() {
+		if failed != nil {
+			return
+		}
+		if _, failed = c.Write(req); failed != nil {
+			return
+		}
+		if failed = readResponse(br, &m, lim); failed != nil {
+			return
+		}
+		_, failed = br.Discard(int(m.contentLength))
+	}
+	for range 10 { // the connections to the origin, the buffers' pools
+		roundTrip()
+	}
+	allocs := testing.AllocsPerRun(500, roundTrip)
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if m.status != 200 {
+		t.Fatalf("status %d, want 200", m.status)
+	}
+	if allocs != 0 {
+		t.Errorf("%v allocations per request, want none (see go test -bench ProxyRoundTrip -memprofile)", allocs)
+	}
+}
+
 func BenchmarkCopyChunked(b *testing.B) {
 	var body bytes.Buffer
 	for range 16 {
@@ -124,7 +170,7 @@ func BenchmarkCopyChunked(b *testing.B) {
 }
 
 // fixedOrigin answers every request on every connection with resp.
-func fixedOrigin(b *testing.B, resp []byte) string {
+func fixedOrigin(b testing.TB, resp []byte) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -154,7 +200,7 @@ func fixedOrigin(b *testing.B, resp []byte) string {
 
 // startBenchWorker runs a worker with origin as its only server and returns
 // the address it serves on.
-func startBenchWorker(b *testing.B, origin string) string {
+func startBenchWorker(b testing.TB, origin string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

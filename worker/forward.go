@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -295,15 +294,17 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	default:
 		err = bw.Flush()
 	}
-	var se *srcError
+	// errors.AsType, not errors.As: a variable whose address errors.As
+	// takes lives on the heap, one allocation per request.
+	_, fromSrc := errors.AsType[*srcError](err)
 	switch {
-	case errors.As(err, &se) && n == 0 && flushed == 0 && bw.Buffered() == head:
+	case fromSrc && n == 0 && flushed == 0 && bw.Buffered() == head:
 		// The backend failed before any byte of the body, and nothing of
 		// the answer reached the client yet: a clean 502 instead.
 		up.c.Close()
 		bw.Reset(cc.rw)
 		return cc.backendFailed(start, b, err)
-	case errors.As(err, &se):
+	case fromSrc:
 		// The backend broke off mid-body: send what arrived, then close
 		// the client's connection without ending the message, so it
 		// cannot pass as complete.
@@ -334,14 +335,14 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 
 // bodyFailed handles a request body that could not be forwarded.
 func (cc *clientConn) bodyFailed(start time.Time, b *backend, err error) bool {
-	var se *srcError
+	_, fromSrc := errors.AsType[*srcError](err)
 	switch {
 	case errors.Is(err, errBodyTooLarge):
 		cc.f.w.stats.clientFailed.Add(1)
 		cc.writeError(http.StatusRequestEntityTooLarge, "request body too large\n")
 		cc.logAccess(start, http.StatusRequestEntityTooLarge, 0, b)
 		return false
-	case errors.As(err, &se):
+	case fromSrc:
 		// The client's body was broken (bad chunking, or it hung up): not
 		// the backend's fault.
 		return cc.generated(start, http.StatusBadRequest, msgBadRequest, nil, true)
@@ -397,10 +398,27 @@ func (cc *clientConn) generated(start time.Time, code int, msg string, b *backen
 }
 
 func writeLength(bw *bufio.Writer, n int64) {
-	var b [20]byte
 	bw.WriteString("Content-Length: ")
-	bw.Write(strconv.AppendInt(b[:0], n, 10))
+	writeDigits(bw, n)
 	bw.WriteString("\r\n")
+}
+
+// writeDigits writes n >= 0 in decimal. Byte by byte: a slice of a local
+// array passed to bw.Write would escape, one allocation per call.
+func writeDigits(bw *bufio.Writer, n int64) {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	for _, c := range b[i:] {
+		bw.WriteByte(c)
+	}
 }
 
 // requestTarget returns the origin-form target to send upstream and the
@@ -621,8 +639,8 @@ func (cc *clientConn) logAccess(start time.Time, status int, n int64, b *backend
 }
 
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }
 
 // isStale reports whether an error before any byte of an answer means the

@@ -496,9 +496,9 @@ func (cc *clientConn) writeError(code int, msg string) {
 
 func writeStatusLine(bw *bufio.Writer, code int, reason []byte) {
 	bw.WriteString("HTTP/1.1 ")
-	var b [3]byte
-	b[0], b[1], b[2] = byte('0'+code/100), byte('0'+code/10%10), byte('0'+code%10)
-	bw.Write(b[:])
+	bw.WriteByte(byte('0' + code/100)) // a local array written whole would escape
+	bw.WriteByte(byte('0' + code/10%10))
+	bw.WriteByte(byte('0' + code%10))
 	bw.WriteByte(' ')
 	if reason == nil {
 		bw.WriteString(http.StatusText(code))
