@@ -37,6 +37,7 @@ const maxInterim = 8
 func (cc *clientConn) forward() bool {
 	f, w, req := cc.f, cc.f.w, &cc.req
 	start := time.Now()
+	cc.idleFrom = time.Time{} // until an answer says when it ended
 
 	path, host := requestTarget(req)
 	hasBody := req.chunked || req.contentLength > 0
@@ -60,7 +61,11 @@ func (cc *clientConn) forward() bool {
 	first := b
 	for tries := 1; ; tries++ {
 		b.inflight.Add(1)
-		if up = f.up.idle(b, !hasBody); up != nil {
+		now := start // one clock reading per request where it will do
+		if tries > 1 {
+			now = time.Now()
+		}
+		if up = f.up.idle(b, !hasBody, now); up != nil {
 			break
 		}
 		if cc.flushHeld() != nil { // before connecting, which may take a while
@@ -96,7 +101,7 @@ func (cc *clientConn) forward() bool {
 
 	res := &cc.res
 	for attempt := 0; ; attempt++ {
-		err, inBody := cc.exchange(up, b, path, host, hasBody)
+		err, inBody := cc.exchange(up, b, path, host, hasBody, start)
 		if err == nil {
 			break
 		}
@@ -128,8 +133,9 @@ func (cc *clientConn) forward() bool {
 }
 
 // exchange sends the request on up and reads the answer's head. inBody
-// reports a failure while forwarding the request body.
-func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBody bool) (err error, inBody bool) {
+// reports a failure while forwarding the request body. start is when the
+// request began to be forwarded.
+func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBody bool, start time.Time) (err error, inBody bool) {
 	cc.res.reset() // no byte of an answer yet, for forward's retry
 	cc.writeRequestHead(up.bw, b, path, host)
 	if hasBody {
@@ -139,12 +145,18 @@ func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBod
 	} else if err := up.bw.Flush(); err != nil {
 		return err, false
 	}
-	return cc.readFinalResponse(up), false
+	// The response header timeout runs from when the request went out:
+	// start, unless a connection was made or a body sent since.
+	sent := start
+	if hasBody || !up.reused {
+		sent = time.Now()
+	}
+	return cc.readFinalResponse(up, sent), false
 }
 
 // readFinalResponse reads the backend's answer head, skipping or passing on
-// interim (1xx) responses, within the response header timeout.
-func (cc *clientConn) readFinalResponse(up *upConn) error {
+// interim (1xx) responses, within the response header timeout from sent.
+func (cc *clientConn) readFinalResponse(up *upConn, sent time.Time) error {
 	f, res := cc.f, &cc.res
 	t := f.up.responseHeaderTimeout
 	if cc.bw.Buffered() > 0 && up.br.Buffered() == 0 {
@@ -152,10 +164,11 @@ func (cc *clientConn) readFinalResponse(up *upConn) error {
 			return err
 		}
 	} else if t > 0 {
-		// Cleared by relayResponse or tunnel only if they read more: a
-		// deadline costs a timer update each time it is set. A pooled
-		// connection keeps it until its next exchange sets its own.
-		up.c.SetReadDeadline(time.Now().Add(t))
+		// Cleared by relayResponse or tunnel only if they read more, and
+		// set lazily (extendReadDeadline): a deadline costs a timer update
+		// each time it is passed to the poller. A pooled connection keeps
+		// it until its next exchange sets its own.
+		up.extendReadDeadline(sent.Add(t))
 	}
 	for range maxInterim {
 		if err := readResponse(up.br, res, f.lim); err != nil {
@@ -187,7 +200,7 @@ func (cc *clientConn) awaitHolding(up *upConn, t time.Duration) error {
 	if t > 0 {
 		hold = min(hold, t)
 	}
-	up.c.SetReadDeadline(start.Add(hold))
+	up.setReadDeadline(start.Add(hold))
 	_, err := up.br.Peek(1)
 	if isTimeout(err) {
 		cc.flushHeld()
@@ -198,7 +211,7 @@ func (cc *clientConn) awaitHolding(up *upConn, t time.Duration) error {
 	if t > 0 {
 		d = start.Add(t)
 	}
-	up.c.SetReadDeadline(d)
+	up.setReadDeadline(d)
 	return nil
 }
 
@@ -270,7 +283,7 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	if f.up.responseHeaderTimeout > 0 && !bodyHere {
 		// The body is not all here: the response header timeout does not
 		// bound its reading.
-		up.c.SetReadDeadline(time.Time{})
+		up.setReadDeadline(time.Time{})
 	}
 	var n int64
 	var err error
@@ -322,11 +335,13 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 		cc.logAccess(start, res.status, n, b)
 		return false
 	}
+	now := time.Now()
 	if mode == bodyUntilClose || res.close {
 		up.c.Close()
 	} else {
-		f.up.put(b, up)
+		f.up.put(b, up, now)
 	}
+	cc.idleFrom = now
 	b.stats.answered(res.status)
 	w.stats.clientSuccess.Add(1)
 	cc.logAccess(start, res.status, n, b)
@@ -583,7 +598,7 @@ func (cc *clientConn) tunnel(up *upConn, b *backend, start time.Time) {
 	w, res := cc.f.w, &cc.res
 	defer up.c.Close()
 	if cc.f.up.responseHeaderTimeout > 0 {
-		up.c.SetReadDeadline(time.Time{})
+		up.setReadDeadline(time.Time{})
 	}
 
 	bw := cc.bw

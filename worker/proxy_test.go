@@ -1217,6 +1217,87 @@ func TestResponseHeaderTimeoutBoundsTheHeadOnly(t *testing.T) {
 	checkClients(t, sum, 4, 0)
 }
 
+// A connection kept busy for longer than the idle and response header
+// timeouts is not cut by them: each request moves both deadlines on, though
+// the poller keeps the first until it passes (extendReadDeadline). Both
+// still hold: an answer slower than the header timeout is a 504, and the
+// client connection closes once it stays idle.
+func TestBusyConnectionOutlivesItsTimeouts(t *testing.T) {
+	var mu sync.Mutex
+	backendConns := map[string]bool{} // by the remote address
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		backendConns[r.RemoteAddr] = true
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/stall":
+			select {
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+			}
+		default:
+			time.Sleep(80 * time.Millisecond)
+		}
+		io.WriteString(w, "ok")
+	})
+	set := testSettings()
+	set.IdleTimeout = 300 * time.Millisecond
+	set.ResponseHeaderTimeout = 300 * time.Millisecond
+	h := startWorker(t, set, s)
+	var c net.Conn
+	var br *bufio.Reader
+	dial := func() {
+		t.Helper()
+		var err error
+		if c, err = net.Dial("tcp", strings.TrimPrefix(h.url, "http://")); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		br = bufio.NewReader(c)
+	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res.StatusCode, string(body)
+	}
+	dial()
+	start := time.Now()
+	n := 0
+	for time.Since(start) < time.Second { // over three times both timeouts
+		if code, body := get("/busy"); code != http.StatusOK || body != "ok" {
+			t.Fatalf("GET /busy #%d, %v in = %d %q; want 200 \"ok\"", n+1, time.Since(start), code, body)
+		}
+		n++
+	}
+	mu.Lock()
+	if got := len(backendConns); got != 1 {
+		t.Errorf("%d connections to the backend for %d requests in a row, want 1", got, n)
+	}
+	mu.Unlock()
+	if code, _ := get("/stall"); code != http.StatusGatewayTimeout {
+		t.Errorf("GET /stall = %d, want 504 after the response header timeout", code)
+	}
+	dial() // after a 504 weldr closes the connection
+	if code, body := get("/busy"); code != http.StatusOK || body != "ok" {
+		t.Fatalf("GET /busy after the 504 = %d %q; want 200 \"ok\"", code, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF { // the idle timeout closes it
+		t.Errorf("an idle connection: read %v, want EOF", err)
+	}
+	h.answered.Add(int64(n) + 1)
+	sum := h.finish(t)
+	checkClients(t, sum, uint64(n)+1, 1)
+}
+
 // A request body is read without the idle or header deadlines, however
 // long it takes, when its head arrived whole.
 func TestSlowBodyOutlastsIdleTimeout(t *testing.T) {

@@ -123,6 +123,11 @@ type clientConn struct {
 
 	ready   int // what serveReady leaves to serve
 	readyFn func(fd uintptr) bool
+
+	// idleFrom is when the connection last began to wait for a request:
+	// its idle deadline is idleFrom plus the idle timeout. Zero while a
+	// request is under way until forward's answer sets it.
+	idleFrom time.Time
 }
 
 func (f *frontend) newConn(c net.Conn) *clientConn {
@@ -141,6 +146,27 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 	f.conns[cc] = struct{}{}
 	f.mu.Unlock()
 	return cc
+}
+
+// setReadDeadline sets the client's read deadline now (sockIO's).
+func (cc *clientConn) setReadDeadline(t time.Time) {
+	if cc.sio.conn != nil {
+		cc.sio.setReadDeadline(t)
+	} else {
+		cc.c.SetReadDeadline(t)
+	}
+}
+
+// extendIdleDeadline sets the idle deadline from cc.idleFrom, lazily when
+// the socket's reads go through sockIO (its extendReadDeadline): a busy
+// connection moves it on every request.
+func (cc *clientConn) extendIdleDeadline() {
+	t := cc.idleFrom.Add(cc.f.idleTimeout)
+	if cc.sio.conn != nil {
+		cc.sio.extendReadDeadline(t)
+	} else {
+		cc.c.SetReadDeadline(t)
+	}
 }
 
 func (cc *clientConn) close() {
@@ -252,7 +278,7 @@ func (cc *clientConn) serve() {
 			// readyPartial: the rest of the head is read below.
 		} else if cc.br == nil || cc.br.Buffered() == 0 {
 			cc.idle.Store(true)
-			cc.c.SetReadDeadline(time.Now().Add(f.idleTimeout))
+			cc.setReadDeadline(time.Now().Add(f.idleTimeout))
 			var err error
 			if f.open.Load() > lightLoad {
 				// Many connections: hold no buffer while waiting.
@@ -275,7 +301,7 @@ func (cc *clientConn) serve() {
 		// common case.
 		headerDeadline := !headBuffered(cc.br)
 		if headerDeadline {
-			cc.c.SetReadDeadline(time.Now().Add(f.readHeaderTimeout))
+			cc.setReadDeadline(time.Now().Add(f.readHeaderTimeout))
 		}
 		if err := readRequest(cc.br, &cc.req, f.lim); err != nil {
 			cc.requestFailed(err)
@@ -302,7 +328,7 @@ func (cc *clientConn) proceed(headerDeadline bool) bool {
 		// The body, or a tunnel, is read without a deadline. Otherwise
 		// nothing is read from the client until the next request, which
 		// sets its own.
-		cc.c.SetReadDeadline(time.Time{})
+		cc.setReadDeadline(time.Time{})
 	}
 	return cc.forward()
 }
@@ -344,9 +370,15 @@ func (cc *clientConn) serveReady() int {
 	cc.ready = readyEnd // until the callback leaves otherwise
 	if cc.br == nil || cc.br.Buffered() == 0 {
 		cc.idle.Store(true)
-		cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
+		cc.idleFrom = time.Now()
+		cc.extendIdleDeadline()
 	}
-	cc.sio.raw.Read(cc.readyFn) // its error (idle timeout, closed) ends the connection
+	// An error (idle timeout, closed) ends the connection, but for the
+	// timeout of a deadline the idle one has moved past (rearm).
+	err := cc.sio.raw.Read(cc.readyFn)
+	for err != nil && cc.sio.rearm(err) {
+		err = cc.sio.raw.Read(cc.readyFn)
+	}
 	cc.idle.Store(false)
 	return cc.ready
 }
@@ -385,6 +417,9 @@ func (cc *clientConn) doReady(fd uintptr) bool {
 		if !cc.forward() {
 			return cc.leave(readyEnd)
 		}
+		if cc.idleFrom.IsZero() { // forward's answer did not say when it ended
+			cc.idleFrom = time.Now()
+		}
 	}
 }
 
@@ -398,7 +433,7 @@ func (cc *clientConn) leave(ready int) bool {
 func (cc *clientConn) waitNext() bool {
 	cc.sio.askInq() // from now on, reads say what they leave
 	cc.sio.inPoll = false
-	cc.c.SetReadDeadline(time.Now().Add(cc.f.idleTimeout))
+	cc.extendIdleDeadline()
 	if cc.f.open.Load() > lightLoad {
 		cc.release() // many connections: hold no buffer while waiting
 	}

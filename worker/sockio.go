@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -42,6 +43,15 @@ type sockIO struct {
 	inq      int
 	inqAsked bool
 	inqOn    bool
+
+	// The read deadline (setReadDeadline, extendReadDeadline): until is
+	// the one wanted, armed the one the poller has. Each deadline passed
+	// to the poller costs a timer update, and most requests only push the
+	// deadline later, so a later one is not passed: armed may come first.
+	// A wait that times out there sets until and waits on (rearm).
+	conn  net.Conn
+	until time.Time
+	armed time.Time
 }
 
 // errAgain is Read's error inside the socket's RawConn.Read callback when
@@ -60,6 +70,7 @@ func newReadWriter(c net.Conn, s *sockIO) io.ReadWriter {
 		return c
 	}
 	s.raw = raw
+	s.conn = c
 	s.readFn = s.doRead
 	s.writeFn = s.doWrite
 	s.inq = -1
@@ -92,7 +103,11 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
-	err := s.result("read", s.raw.Read(s.readFn))
+	err := s.raw.Read(s.readFn)
+	for err != nil && s.rearm(err) {
+		err = s.raw.Read(s.readFn)
+	}
+	err = s.result("read", err)
 	s.p = nil
 	switch {
 	case err != nil:
@@ -101,6 +116,35 @@ func (s *sockIO) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return s.n, nil
+}
+
+// setReadDeadline sets the read deadline now, as net.Conn's does.
+func (s *sockIO) setReadDeadline(t time.Time) {
+	s.until, s.armed = t, t
+	s.conn.SetReadDeadline(t)
+}
+
+// extendReadDeadline sets a read deadline t that is usually later than the
+// one in force. The poller keeps the earlier one, and a wait that times out
+// there waits on until t (rearm): reads must go through Read, or call rearm
+// after a wait of their own. An earlier t, or the first, is set now.
+func (s *sockIO) extendReadDeadline(t time.Time) {
+	if s.armed.IsZero() || t.Before(s.armed) {
+		s.setReadDeadline(t)
+		return
+	}
+	s.until = t
+}
+
+// rearm reports whether err is the timeout of a deadline kept in place of
+// a later one (extendReadDeadline), and if so sets the later one: the
+// caller waits again.
+func (s *sockIO) rearm(err error) bool {
+	if !s.until.After(s.armed) || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	s.setReadDeadline(s.until)
+	return true
 }
 
 // askInq turns TCP_INQ on, once, for the reads of the RawConn.Read

@@ -114,6 +114,49 @@ func TestSockIODeadlineAndClose(t *testing.T) {
 	}
 }
 
+// A later read deadline is kept from the poller (extendReadDeadline): the
+// earlier one it has times out unseen, the read waits on and gets what
+// comes before the later one. An earlier deadline is set at once, and a
+// deadline that passed while nothing read (a pooled connection) is moved
+// on as well.
+func TestSockIOExtendedDeadlineWaitsOn(t *testing.T) {
+	a, b := tcpPair(t)
+	var s sockIO
+	r := newReadWriter(a, &s)
+	buf := make([]byte, 8)
+	readAfter := func(d time.Duration, msg string) {
+		t.Helper()
+		go func() {
+			time.Sleep(d)
+			b.Write([]byte(msg))
+		}()
+		if n, err := r.Read(buf); err != nil || string(buf[:n]) != msg {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, msg)
+		}
+	}
+
+	first := time.Now().Add(30 * time.Millisecond)
+	s.setReadDeadline(first)
+	s.extendReadDeadline(time.Now().Add(10 * time.Second))
+	if !s.armed.Equal(first) {
+		t.Fatalf("the poller's deadline moved to %v: it should stay at the earlier %v", s.armed, first)
+	}
+	readAfter(200*time.Millisecond, "x") // past the first deadline
+
+	s.setReadDeadline(time.Now().Add(10 * time.Millisecond))
+	time.Sleep(50 * time.Millisecond) // it passes with no read waiting
+	s.extendReadDeadline(time.Now().Add(10 * time.Second))
+	readAfter(50*time.Millisecond, "y")
+
+	s.extendReadDeadline(time.Now().Add(30 * time.Millisecond)) // earlier: set now
+	_, err := r.Read(buf)
+	if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
+		t.Fatalf("past the earlier deadline: %v; want a read timeout", err)
+	}
+	s.setReadDeadline(time.Time{})
+	readAfter(0, "z")
+}
+
 // A write to a peer that reset the connection fails with a write error
 // and does not kill the process (no SIGPIPE).
 func TestSockIOWriteToReset(t *testing.T) {

@@ -65,11 +65,10 @@ type connPool struct {
 	idle []*upConn
 }
 
-// idle returns an idle connection to b that still looks open, or nil. A
-// connection idle for less than freshIdle is checked only when the request
-// cannot be sent again (replayable false: it has a body).
-func (u *upstreams) idle(b *backend, replayable bool) *upConn {
-	now := time.Now()
+// idle returns an idle connection to b that still looks open at now, or
+// nil. A connection idle for less than freshIdle is checked only when the
+// request cannot be sent again (replayable false: it has a body).
+func (u *upstreams) idle(b *backend, replayable bool, now time.Time) *upConn {
 	for {
 		b.pool.mu.Lock()
 		n := len(b.pool.idle)
@@ -91,15 +90,15 @@ func (u *upstreams) idle(b *backend, replayable bool) *upConn {
 	return nil
 }
 
-// put keeps uc for reuse, or closes it when the pool is full or its
-// buffers hold unread or unsent bytes.
-func (u *upstreams) put(b *backend, uc *upConn) {
+// put keeps uc for reuse, idle from now, or closes it when the pool is
+// full or its buffers hold unread or unsent bytes.
+func (u *upstreams) put(b *backend, uc *upConn, now time.Time) {
 	if uc.br.Buffered() > 0 || uc.bw.Buffered() > 0 {
 		uc.c.Close()
 		return
 	}
 	u.release(uc)
-	uc.idleAt = time.Now()
+	uc.idleAt = now
 	b.pool.mu.Lock()
 	if len(b.pool.idle) < maxIdlePerBackend {
 		b.pool.idle = append(b.pool.idle, uc)
@@ -159,6 +158,26 @@ func (u *upstreams) release(uc *upConn) {
 	u.bufs.putReader(uc.br)
 	u.bufs.putWriter(uc.bw)
 	uc.br, uc.bw = nil, nil
+}
+
+// setReadDeadline sets the connection's read deadline now (sockIO's).
+func (uc *upConn) setReadDeadline(t time.Time) {
+	if uc.sio.conn != nil {
+		uc.sio.setReadDeadline(t)
+	} else {
+		uc.c.SetReadDeadline(t)
+	}
+}
+
+// extendReadDeadline sets a read deadline that is usually later than the
+// one in force, lazily when the reads go through sockIO (its
+// extendReadDeadline).
+func (uc *upConn) extendReadDeadline(t time.Time) {
+	if uc.sio.conn != nil {
+		uc.sio.extendReadDeadline(t)
+	} else {
+		uc.c.SetReadDeadline(t)
+	}
 }
 
 // open reports whether an idle connection is still usable: a non-blocking

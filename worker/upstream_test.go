@@ -38,7 +38,7 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 			t.Fatalf("echo: %q, %v; want %q", got, err, msg)
 		}
 	}
-	if u.idle(b, true) != nil {
+	if u.idle(b, true, time.Now()) != nil {
 		t.Fatal("an idle connection before any was put back")
 	}
 	uc, err := u.dial(b)
@@ -46,14 +46,14 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	roundTrip(uc, "one")
-	u.put(b, uc)
+	u.put(b, uc, time.Now())
 	if len(b.pool.idle) != 1 {
 		t.Fatalf("%d idle connections, want 1", len(b.pool.idle))
 	}
 	if idle := b.pool.idle[0]; idle.br != nil || idle.bw != nil {
 		t.Fatal("an idle connection kept its buffers")
 	}
-	again := u.idle(b, false) // checked with a peek: still open
+	again := u.idle(b, false, time.Now()) // checked with a peek: still open
 	if again != uc || !again.reused {
 		t.Fatal("the idle connection was not reused")
 	}
