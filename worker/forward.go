@@ -59,10 +59,10 @@ func (cc *clientConn) forward() bool {
 	var up *upConn
 	var err error
 	first := b
+	now := start // one clock reading per request where it will do
 	for tries := 1; ; tries++ {
 		b.inflight.Add(1)
-		now := start // one clock reading per request where it will do
-		if tries > 1 {
+		if tries > 1 { // a connection failed: that may have taken a while
 			now = time.Now()
 		}
 		if up = f.up.idle(b, !hasBody, now); up != nil {
@@ -101,7 +101,7 @@ func (cc *clientConn) forward() bool {
 
 	res := &cc.res
 	for attempt := 0; ; attempt++ {
-		err, inBody := cc.exchange(up, b, path, host, hasBody, start)
+		err, inBody := cc.exchange(up, b, path, host, hasBody, now)
 		if err == nil {
 			break
 		}
@@ -133,9 +133,9 @@ func (cc *clientConn) forward() bool {
 }
 
 // exchange sends the request on up and reads the answer's head. inBody
-// reports a failure while forwarding the request body. start is when the
-// request began to be forwarded.
-func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBody bool, start time.Time) (err error, inBody bool) {
+// reports a failure while forwarding the request body. now is when up was
+// taken from the pool.
+func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBody bool, now time.Time) (err error, inBody bool) {
 	cc.res.reset() // no byte of an answer yet, for forward's retry
 	cc.writeRequestHead(up.bw, b, path, host)
 	if hasBody {
@@ -146,8 +146,8 @@ func (cc *clientConn) exchange(up *upConn, b *backend, path, host []byte, hasBod
 		return err, false
 	}
 	// The response header timeout runs from when the request went out:
-	// start, unless a connection was made or a body sent since.
-	sent := start
+	// now, unless a connection was made or a body sent since.
+	sent := now
 	if hasBody || !up.reused {
 		sent = time.Now()
 	}
