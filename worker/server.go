@@ -375,9 +375,9 @@ func (cc *clientConn) serveReady() int {
 	}
 	// An error (idle timeout, closed) ends the connection, but for the
 	// timeout of a deadline the idle one has moved past (rearm).
-	err := cc.sio.raw.Read(cc.readyFn)
+	err := cc.sio.Raw.Read(cc.readyFn)
 	for err != nil && cc.sio.rearm(err) {
-		err = cc.sio.raw.Read(cc.readyFn)
+		err = cc.sio.Raw.Read(cc.readyFn)
 	}
 	cc.idle.Store(false)
 	return cc.ready

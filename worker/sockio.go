@@ -10,25 +10,17 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weldr-proxy/weldr/internal/sockio"
 )
 
-// sockIO reads and writes a TCP socket with raw system calls, waiting for
-// readiness through the Go runtime's poller as net.Conn does (deadlines
-// and Close included).
-//
-// net.Conn's Read and Write tell the scheduler about every system call, so
-// that it can hand the processor to another thread should the call block.
-// A non-blocking socket call does not block, and a worker runs on one
-// processor: the hand-offs only cost thread switches (about one for every
-// two requests under load, measured). Raw calls keep the worker's one
-// thread running, as nginx's worker does.
+// sockIO is a client's or backend's connection read and written with raw
+// system calls (internal/sockio: about one thread switch for every two
+// requests under load without them, measured), with what the worker adds:
+// reads made inside the socket's own RawConn.Read callback, TCP_INQ, and
+// lazy read deadlines.
 type sockIO struct {
-	raw     syscall.RawConn
-	p       []byte // the buffer of the call under way
-	n       int
-	errno   syscall.Errno
-	readFn  func(fd uintptr) bool
-	writeFn func(fd uintptr) bool
+	sockio.Conn
 
 	// inPoll is set, with fd, while a callback of the socket's own
 	// RawConn.Read runs (clientConn.serveReady): Read then makes one read
@@ -61,61 +53,37 @@ var errAgain = errors.New("nothing to read yet")
 // newReadWriter returns the fastest reader and writer for c: s set up for
 // c when c is a TCP connection, c itself otherwise (TLS).
 func newReadWriter(c net.Conn, s *sockIO) io.ReadWriter {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	if !s.Init(c) {
 		return c
 	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return c
-	}
-	s.raw = raw
 	s.conn = c
-	s.readFn = s.doRead
-	s.writeFn = s.doWrite
+	s.Retry = s.rearm
 	s.inq = -1
 	return s
 }
 
 func (s *sockIO) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if !s.inPoll || len(p) == 0 {
+		return s.Conn.Read(p)
 	}
-	if s.inPoll {
-		var n int
-		var again bool
-		var e syscall.Errno
-		if s.inqOn {
-			n, again, e = s.recvInq(p)
-		} else {
-			s.inq = -1
-			n, again, e = rawRW(syscall.SYS_READ, s.fd, p)
-		}
-		switch {
-		case again:
-			return 0, errAgain
-		case e != 0:
-			s.errno = e
-			return 0, s.result("read", nil)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
+	var n int
+	var again bool
+	var e syscall.Errno
+	if s.inqOn {
+		n, again, e = s.recvInq(p)
+	} else {
+		s.inq = -1
+		n, again, e = sockio.RW(syscall.SYS_READ, s.fd, p)
 	}
-	s.p, s.n, s.errno = p, 0, 0
-	err := s.raw.Read(s.readFn)
-	for err != nil && s.rearm(err) {
-		err = s.raw.Read(s.readFn)
-	}
-	err = s.result("read", err)
-	s.p = nil
 	switch {
-	case err != nil:
-		return 0, err
-	case s.n == 0:
+	case again:
+		return 0, errAgain
+	case e != 0:
+		return 0, sockio.Err("read", nil, e)
+	case n == 0:
 		return 0, io.EOF
 	}
-	return s.n, nil
+	return n, nil
 }
 
 // setReadDeadline sets the read deadline now, as net.Conn's does.
@@ -180,74 +148,6 @@ func (s *sockIO) recvInq(p []byte) (n int, again bool, errno syscall.Errno) {
 				s.inq = int(*(*int32)(unsafe.Pointer(&ctl[data])))
 			}
 			return int(r), false, 0
-		default:
-			return 0, false, e
-		}
-	}
-}
-
-// result returns the error of a call as net.Conn would: the poller's
-// (deadline, closed) or the system call's, as a *net.OpError naming op.
-func (s *sockIO) result(op string, err error) error {
-	if err == nil && s.errno != 0 {
-		err = os.NewSyscallError(op, s.errno)
-	}
-	if err == nil {
-		return nil
-	}
-	if oe, ok := err.(*net.OpError); ok { // the poller's, as "raw-read"
-		return &net.OpError{Op: op, Net: oe.Net, Source: oe.Source, Addr: oe.Addr, Err: oe.Err}
-	}
-	return &net.OpError{Op: op, Net: "tcp", Err: err}
-}
-
-// doRead makes one read; false asks the poller to wait for data.
-func (s *sockIO) doRead(fd uintptr) bool {
-	n, again, e := rawRW(syscall.SYS_READ, fd, s.p)
-	if again {
-		return false
-	}
-	s.n, s.errno = n, e
-	return true
-}
-
-func (s *sockIO) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	s.p, s.n, s.errno = p, 0, 0
-	err := s.result("write", s.raw.Write(s.writeFn))
-	s.p = nil
-	return s.n, err
-}
-
-// doWrite writes all of s.p; false asks the poller to wait for room.
-func (s *sockIO) doWrite(fd uintptr) bool {
-	for s.n < len(s.p) {
-		n, again, e := rawRW(syscall.SYS_WRITE, fd, s.p[s.n:])
-		if again {
-			return false
-		}
-		if e != 0 {
-			s.errno = e
-			return true
-		}
-		s.n += n
-	}
-	return true
-}
-
-// rawRW makes the read or write system call trap on p, again on EINTR.
-// again reports EAGAIN: nothing to read, or no room to write, yet.
-func rawRW(trap, fd uintptr, p []byte) (n int, again bool, errno syscall.Errno) {
-	for {
-		r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(r), false, 0
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return 0, true, 0
 		default:
 			return 0, false, e
 		}

@@ -198,7 +198,7 @@ func TestSockIOInqHint(t *testing.T) {
 		var s sockIO
 		rw := newReadWriter(a, &s)
 		var got []string
-		err := s.raw.Control(func(fd uintptr) {
+		err := s.Raw.Control(func(fd uintptr) {
 			s.inPoll, s.fd = true, fd
 			defer func() { s.inPoll = false }()
 			s.askInq()

@@ -1,0 +1,93 @@
+package sockio
+
+import (
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	if a, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if b = <-accepted; b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestInitTakesTCPOnly(t *testing.T) {
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	var s Conn
+	if s.Init(p1) {
+		t.Fatal("Init took a net.Pipe")
+	}
+	a, _ := tcpPair(t)
+	if !s.Init(a) {
+		t.Fatal("Init refused a TCP connection")
+	}
+}
+
+// Bytes both ways, then the peer's close as io.EOF, as net.Conn has them.
+func TestReadWriteAndEOF(t *testing.T) {
+	a, b := tcpPair(t)
+	var sa, sb Conn
+	sa.Init(a)
+	sb.Init(b)
+	if n, err := sa.Write([]byte("ping")); n != 4 || err != nil {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	buf := make([]byte, 8)
+	if n, err := io.ReadAtLeast(&sb, buf, 4); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("read %q, %v; want \"ping\"", buf[:n], err)
+	}
+	a.Close()
+	if n, err := sb.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after the peer closed: %d, %v; want io.EOF", n, err)
+	}
+}
+
+// A deadline is a net.Error that says Timeout, named "read"; Retry is
+// asked about it and may have the read wait on.
+func TestDeadlineAndRetry(t *testing.T) {
+	a, b := tcpPair(t)
+	var s Conn
+	s.Init(a)
+	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := s.Read(make([]byte, 8))
+	ne, ok := errors.AsType[net.Error](err)
+	oe, _ := errors.AsType[*net.OpError](err)
+	if !ok || !ne.Timeout() || oe == nil || oe.Op != "read" {
+		t.Fatalf("past the deadline: %v; want a read timeout", err)
+	}
+
+	asked := 0
+	s.Retry = func(err error) bool {
+		asked++
+		a.SetReadDeadline(time.Time{})
+		go b.Write([]byte("late"))
+		return true
+	}
+	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	buf := make([]byte, 8)
+	if n, err := s.Read(buf); err != nil || string(buf[:n]) != "late" || asked != 1 {
+		t.Fatalf("with Retry: read %q, %v, asked %d times; want \"late\", once", buf[:n], err, asked)
+	}
+}
