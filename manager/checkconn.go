@@ -80,7 +80,7 @@ func checkOn(ctx context.Context, conn net.Conn, req string, deadline time.Time,
 		rw = sc
 	}
 	if _, err := io.WriteString(rw, req); err != nil {
-		return nil, err, true
+		return nil, checkError(err, timeout), true
 	}
 	br := checkReaders.Get().(*bufio.Reader)
 	br.Reset(rw)

@@ -79,7 +79,7 @@ func (s *sockIO) Read(p []byte) (int, error) {
 	case again:
 		return 0, errAgain
 	case e != 0:
-		return 0, sockio.Err("read", nil, e)
+		return 0, s.Err("read", nil, e)
 	case n == 0:
 		return 0, io.EOF
 	}

@@ -5,11 +5,12 @@
 // net.Conn's Read and Write tell the scheduler about every system call, so
 // that it can hand the processor to another thread should the call block.
 // A non-blocking socket call does not block, and weldr's processes run on
-// one processor each: the hand-offs only cost thread switches, and keep the
-// runtime's sysmon thread waking every few tens of microseconds to make
-// them. On loopback a write also runs the receiver's TCP processing, so it
-// often lasts long enough. Raw calls keep the one thread running, as
-// nginx's worker does.
+// one or few processors (the manager on one): the hand-offs only cost
+// thread switches. The runtime's sysmon thread takes the processor from a
+// call that lasts over 20 µs or so, and then keeps waking every few tens of
+// microseconds to look again; on loopback a write, which also runs the
+// receiver's TCP processing, often lasts that long. Raw calls keep the
+// thread running, as nginx's worker does.
 package sockio
 
 import (
@@ -20,13 +21,17 @@ import (
 	"unsafe"
 )
 
-// Conn reads and writes one TCP connection. Set it up with Init.
+// Conn reads and writes one TCP connection. Set it up with Init. Unlike
+// net.Conn's, its Read and Write keep the call under way in the Conn: one
+// Read and one Write may not run at once, nor two of either.
 type Conn struct {
 	Raw syscall.RawConn
 
-	// Retry, if set, is asked about each failed wait of a Read (a
-	// deadline, a close): true waits again.
+	// Retry, if set, is asked about each error of a Read's wait in the
+	// poller (a deadline, a close): true waits again.
 	Retry func(error) bool
+
+	local, remote net.Addr // for errors, as net.Conn names them
 
 	p       []byte // the buffer of the call under way
 	n       int
@@ -47,6 +52,7 @@ func (s *Conn) Init(c net.Conn) bool {
 		return false
 	}
 	s.Raw = raw
+	s.local, s.remote = c.LocalAddr(), c.RemoteAddr()
 	s.readFn = s.doRead
 	s.writeFn = s.doWrite
 	return true
@@ -61,7 +67,7 @@ func (s *Conn) Read(p []byte) (int, error) {
 	for err != nil && s.Retry != nil && s.Retry(err) {
 		err = s.Raw.Read(s.readFn)
 	}
-	err = Err("read", err, s.errno)
+	err = s.Err("read", err, s.errno)
 	s.p = nil
 	switch {
 	case err != nil:
@@ -87,7 +93,7 @@ func (s *Conn) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.p, s.n, s.errno = p, 0, 0
-	err := Err("write", s.Raw.Write(s.writeFn), s.errno)
+	err := s.Err("write", s.Raw.Write(s.writeFn), s.errno)
 	s.p = nil
 	return s.n, err
 }
@@ -110,8 +116,8 @@ func (s *Conn) doWrite(fd uintptr) bool {
 
 // Err returns the error of a call as net.Conn would: the poller's err
 // (deadline, closed), else the system call's errno, as a *net.OpError
-// naming op.
-func Err(op string, err error, errno syscall.Errno) error {
+// naming op and the connection's addresses.
+func (s *Conn) Err(op string, err error, errno syscall.Errno) error {
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError(op, errno)
 	}
@@ -121,7 +127,7 @@ func Err(op string, err error, errno syscall.Errno) error {
 	if oe, ok := err.(*net.OpError); ok { // the poller's, as "raw-read"
 		return &net.OpError{Op: op, Net: oe.Net, Source: oe.Source, Addr: oe.Addr, Err: oe.Err}
 	}
-	return &net.OpError{Op: op, Net: "tcp", Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.local, Addr: s.remote, Err: err}
 }
 
 // RW makes the read or write system call trap on p, again on EINTR. again

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -89,5 +90,20 @@ func TestDeadlineAndRetry(t *testing.T) {
 	buf := make([]byte, 8)
 	if n, err := s.Read(buf); err != nil || string(buf[:n]) != "late" || asked != 1 {
 		t.Fatalf("with Retry: read %q, %v, asked %d times; want \"late\", once", buf[:n], err, asked)
+	}
+}
+
+// A failed system call names the connection as net.Conn's errors do, and
+// unwraps to its errno.
+func TestErrorNamesTheConnection(t *testing.T) {
+	a, b := tcpPair(t)
+	var s Conn
+	s.Init(a)
+	b.(*net.TCPConn).SetLinger(0)
+	b.Close() // a reset
+	_, err := s.Read(make([]byte, 8))
+	want := "read tcp " + a.LocalAddr().String() + "->" + a.RemoteAddr().String() + ": read: connection reset by peer"
+	if err == nil || err.Error() != want || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("error %v, want %q wrapping ECONNRESET", err, want)
 	}
 }
