@@ -1298,6 +1298,31 @@ func TestBusyConnectionOutlivesItsTimeouts(t *testing.T) {
 	checkClients(t, sum, uint64(n)+1, 1)
 }
 
+// A request that found its first server not answering the connection goes
+// to the next server's pooled connection, and the response header timeout
+// runs from then: the connect timeout does not eat into it.
+func TestHeaderTimeoutRunsFromAfterAFailedConnect(t *testing.T) {
+	silent := unanswering(t)
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(500 * time.Millisecond)
+		io.WriteString(w, "ok")
+	})
+	set := testSettings()
+	set.ConnectTimeout = 300 * time.Millisecond
+	set.ResponseHeaderTimeout = 700 * time.Millisecond // over 500 ms, under 300 + 500
+	h := startWorker(t, set, silent, s)
+	// Round robin: two of the four go to the silent server first, and at
+	// least one of those finds a pooled connection to the other.
+	for i := range 4 {
+		if code, body := h.get(t, "/"); code != http.StatusOK || body != "ok" {
+			t.Fatalf("GET / #%d = %d %q, want 200 \"ok\"", i+1, code, body)
+		}
+	}
+	sum := h.finish(t)
+	checkClients(t, sum, 4, 0)
+	checkServer(t, sum, ipc.ServerStats{ID: silent.ID, Failed: 2, ConnectFailed: 2})
+}
+
 // A request body is read without the idle or header deadlines, however
 // long it takes, when its head arrived whole.
 func TestSlowBodyOutlastsIdleTimeout(t *testing.T) {

@@ -437,6 +437,35 @@ func named(t *testing.T, name string) ipc.Server {
 // one: two servers with one ID.)
 func refusing(t *testing.T) ipc.Server {
 	t.Helper()
+	_, addr := boundSocket(t)
+	return ipc.Server{ID: addr, URL: "http://" + addr, Weight: 1}
+}
+
+// unanswering returns a server whose listening socket's accept queue is
+// full: a new connection to it gets no answer to its SYN and times out.
+func unanswering(t *testing.T) ipc.Server {
+	t.Helper()
+	fd, addr := boundSocket(t)
+	if err := unix.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	for range 2 {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); !isTimeout(err) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("a connection to a full accept queue: %v, want a timeout", err)
+	}
+	return ipc.Server{ID: addr, URL: "http://" + addr, Weight: 1}
+}
+
+// boundSocket returns a TCP socket bound to a free port of 127.0.0.1, and
+// its address.
+func boundSocket(t *testing.T) (int, string) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -449,8 +478,7 @@ func refusing(t *testing.T) ipc.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	return ipc.Server{ID: addr, URL: "http://" + addr, Weight: 1}
+	return fd, net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }
 
 // get sends GET path to the proxy and returns the status and body.
