@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
@@ -77,26 +78,10 @@ func BenchmarkWriteRequestHead(b *testing.B) {
 // through a real worker (Run, real sockets) to a minimal backend. The
 // allocation count covers the whole process: client, worker and backend.
 func BenchmarkProxyRoundTrip(b *testing.B) {
-	origin := fixedOrigin(b, benchResponse)
-	addr := startBenchWorker(b, origin)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
-	req := []byte("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: bench\r\n\r\n")
-	var m message
-	lim := limits{headerBytes: 64 << 10, lineBytes: 8192}
+	get, _ := keptAliveGet(b, startBenchWorker(b, fixedOrigin(b, benchResponse)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := c.Write(req); err != nil {
-			b.Fatal(err)
-		}
-		if err := readResponse(br, &m, lim); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := br.Discard(int(m.contentLength)); err != nil {
+		if err := get(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -107,31 +92,15 @@ func BenchmarkProxyRoundTrip(b *testing.B) {
 // (client, worker and origin). One allocation per request costs the
 // allocator's time, and the collector's later.
 func TestRequestPathAllocatesNothing(t *testing.T) {
-	if raceEnabled {
+	if weldrtest.RaceEnabled {
 		t.Skip("the race detector's instrumentation allocates")
 	}
-	addr := startBenchWorker(t, fixedOrigin(t, benchResponse))
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
-	req := []byte("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: bench\r\n\r\n")
-	var m message
-	lim := limits{headerBytes: 64 << 10, lineBytes: 8192}
+	get, m := keptAliveGet(t, startBenchWorker(t, fixedOrigin(t, benchResponse)))
 	var failed error
 	roundTrip := func() {
-		if failed != nil {
-			return
+		if failed == nil {
+			failed = get()
 		}
-		if _, failed = c.Write(req); failed != nil {
-			return
-		}
-		if failed = readResponse(br, &m, lim); failed != nil {
-			return
-		}
-		_, failed = br.Discard(int(m.contentLength))
 	}
 	for range 10 { // the connections to the origin, the buffers' pools
 		roundTrip()
@@ -146,6 +115,30 @@ func TestRequestPathAllocatesNothing(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per request, want none (see go test -bench ProxyRoundTrip -memprofile)", allocs)
 	}
+}
+
+// keptAliveGet connects to addr and returns get, which sends a GET on the
+// connection and reads the whole answer, its head into m.
+func keptAliveGet(tb testing.TB, addr string) (get func() error, m *message) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	br := bufio.NewReader(c)
+	req := []byte("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: bench\r\n\r\n")
+	m = new(message)
+	lim := limits{headerBytes: 64 << 10, lineBytes: 8192}
+	return func() error {
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		if err := readResponse(br, m, lim); err != nil {
+			return err
+		}
+		_, err := br.Discard(int(m.contentLength))
+		return err
+	}, m
 }
 
 func BenchmarkCopyChunked(b *testing.B) {

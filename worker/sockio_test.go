@@ -9,35 +9,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 func TestSockIOIsUsedForTCPOnly(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := weldrtest.TCPPair(t)
 	var s sockIO
 	if rw := newReadWriter(a, &s); rw != io.ReadWriter(&s) {
 		t.Fatalf("TCP connection: got %T, want *sockIO", rw)
@@ -53,7 +30,7 @@ func TestSockIOIsUsedForTCPOnly(t *testing.T) {
 // A write far larger than the socket buffers waits for room and arrives
 // whole; the reader sees every byte, then EOF.
 func TestSockIOLargeWriteAndEOF(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var sa, sb sockIO
 	wa, rb := newReadWriter(a, &sa), newReadWriter(b, &sb)
 	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
@@ -84,7 +61,7 @@ func TestSockIOLargeWriteAndEOF(t *testing.T) {
 // Deadlines and Close act on sockIO as on net.Conn, with the errors the
 // proxy classifies.
 func TestSockIODeadlineAndClose(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var s sockIO
 	r := newReadWriter(a, &s)
 	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -120,7 +97,7 @@ func TestSockIODeadlineAndClose(t *testing.T) {
 // deadline that passed while nothing read (a pooled connection) is moved
 // on as well.
 func TestSockIOExtendedDeadlineWaitsOn(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var s sockIO
 	r := newReadWriter(a, &s)
 	buf := make([]byte, 8)
@@ -160,7 +137,7 @@ func TestSockIOExtendedDeadlineWaitsOn(t *testing.T) {
 // A write to a peer that reset the connection fails with a write error
 // and does not kill the process (no SIGPIPE).
 func TestSockIOWriteToReset(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	b.(*net.TCPConn).SetLinger(0)
 	b.Close()
 	var s sockIO
@@ -178,7 +155,7 @@ func TestSockIOWriteToReset(t *testing.T) {
 
 // A timeout reads as net.Conn's would, naming the addresses once.
 func TestSockIOErrorText(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := weldrtest.TCPPair(t)
 	var s sockIO
 	r := newReadWriter(a, &s)
 	a.SetReadDeadline(time.Now().Add(time.Millisecond))
@@ -220,12 +197,12 @@ func TestSockIOInqHint(t *testing.T) {
 		}
 		return strings.Join(got, ", ")
 	}
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	b.Write(bytes.Repeat([]byte("x"), 100))
 	if got, want := reads(t, a, 40, 60), "40 <nil> emptied=false, 60 <nil> emptied=true"; got != want {
 		t.Errorf("100 bytes read as 40 and 60: %s; want %s", got, want)
 	}
-	a, b = tcpPair(t)
+	a, b = weldrtest.TCPPair(t)
 	b.Write(bytes.Repeat([]byte("x"), 100))
 	b.(*net.TCPConn).CloseWrite()
 	if got, want := reads(t, a, 40, 60, 8), "40 <nil> emptied=false, 60 <nil> emptied=false, 0 EOF emptied=false"; got != want {

@@ -7,30 +7,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	if a, err = net.Dial("tcp", ln.Addr().String()); err != nil {
-		t.Fatal(err)
-	}
-	if b = <-accepted; b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
+)
 
 func TestInitTakesTCPOnly(t *testing.T) {
 	p1, p2 := net.Pipe()
@@ -40,7 +19,7 @@ func TestInitTakesTCPOnly(t *testing.T) {
 	if s.Init(p1) {
 		t.Fatal("Init took a net.Pipe")
 	}
-	a, _ := tcpPair(t)
+	a, _ := weldrtest.TCPPair(t)
 	if !s.Init(a) {
 		t.Fatal("Init refused a TCP connection")
 	}
@@ -48,7 +27,7 @@ func TestInitTakesTCPOnly(t *testing.T) {
 
 // Bytes both ways, then the peer's close as io.EOF, as net.Conn has them.
 func TestReadWriteAndEOF(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var sa, sb Conn
 	sa.Init(a)
 	sb.Init(b)
@@ -68,7 +47,7 @@ func TestReadWriteAndEOF(t *testing.T) {
 // A deadline is a net.Error that says Timeout, named "read"; Retry is
 // asked about it and may have the read wait on.
 func TestDeadlineAndRetry(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var s Conn
 	s.Init(a)
 	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -96,7 +75,7 @@ func TestDeadlineAndRetry(t *testing.T) {
 // A failed system call names the connection as net.Conn's errors do, and
 // unwraps to its errno.
 func TestErrorNamesTheConnection(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := weldrtest.TCPPair(t)
 	var s Conn
 	s.Init(a)
 	b.(*net.TCPConn).SetLinger(0)

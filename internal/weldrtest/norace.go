@@ -2,4 +2,4 @@
 
 package weldrtest
 
-const raceEnabled = false
+const RaceEnabled = false

@@ -2,6 +2,7 @@
 
 package weldrtest
 
-// raceEnabled builds the binary under test with the race detector too when
-// the tests themselves run with -race.
-const raceEnabled = true
+// RaceEnabled reports a test binary built with the race detector: Main
+// builds the binary under test with it too, and tests that count
+// allocations skip (its instrumentation allocates).
+const RaceEnabled = true

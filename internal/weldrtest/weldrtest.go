@@ -1,6 +1,6 @@
 // Package weldrtest holds what weldr's tests share: building the binary
 // once per test package, free loopback ports (which the benchmarks use
-// too), and waiting for a socket's queue to empty.
+// too), loopback connections, and waiting for a socket's queue to empty.
 package weldrtest
 
 import (
@@ -30,7 +30,7 @@ func Main(m *testing.M, bin *string) int {
 	defer os.RemoveAll(dir)
 	*bin = filepath.Join(dir, "weldr")
 	args := []string{"build", "-o", *bin}
-	if raceEnabled {
+	if RaceEnabled {
 		args = append(args, "-race")
 	}
 	build := exec.Command(goTool(), append(args, "github.com/weldr-proxy/weldr/cmd/weldr")...)
@@ -79,6 +79,30 @@ func LoopbackPort() (int, error) {
 		}
 	}
 	return 0, errors.New("no free port on 127.0.0.1 between 20000 and 32000")
+}
+
+// TCPPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func TCPPair(t testing.TB) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	if a, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if b = <-accepted; b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 // WaitSocketQueue waits until the queue of socket c that request reads is
