@@ -168,7 +168,7 @@ func (cc *clientConn) readFinalResponse(up *upConn, sent time.Time) error {
 		// set lazily (extendReadDeadline): a deadline costs a timer update
 		// each time it is passed to the poller. A pooled connection keeps
 		// it until its next exchange sets its own.
-		up.extendReadDeadline(sent.Add(t))
+		up.sio.extendReadDeadline(sent.Add(t))
 	}
 	for range maxInterim {
 		if err := readResponse(up.br, res, f.lim); err != nil {
@@ -200,7 +200,7 @@ func (cc *clientConn) awaitHolding(up *upConn, t time.Duration) error {
 	if t > 0 {
 		hold = min(hold, t)
 	}
-	up.setReadDeadline(start.Add(hold))
+	up.sio.setReadDeadline(start.Add(hold))
 	_, err := up.br.Peek(1)
 	if isTimeout(err) {
 		cc.flushHeld()
@@ -211,7 +211,7 @@ func (cc *clientConn) awaitHolding(up *upConn, t time.Duration) error {
 	if t > 0 {
 		d = start.Add(t)
 	}
-	up.setReadDeadline(d)
+	up.sio.setReadDeadline(d)
 	return nil
 }
 
@@ -283,7 +283,7 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	if f.up.responseHeaderTimeout > 0 && !bodyHere {
 		// The body is not all here: the response header timeout does not
 		// bound its reading.
-		up.setReadDeadline(time.Time{})
+		up.sio.setReadDeadline(time.Time{})
 	}
 	var n int64
 	var err error
@@ -598,7 +598,7 @@ func (cc *clientConn) tunnel(up *upConn, b *backend, start time.Time) {
 	w, res := cc.f.w, &cc.res
 	defer up.c.Close()
 	if cc.f.up.responseHeaderTimeout > 0 {
-		up.setReadDeadline(time.Time{})
+		up.sio.setReadDeadline(time.Time{})
 	}
 
 	bw := cc.bw

@@ -148,25 +148,10 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 	return cc
 }
 
-// setReadDeadline sets the client's read deadline now (sockIO's).
-func (cc *clientConn) setReadDeadline(t time.Time) {
-	if cc.sio.conn != nil {
-		cc.sio.setReadDeadline(t)
-	} else {
-		cc.c.SetReadDeadline(t)
-	}
-}
-
-// extendIdleDeadline sets the idle deadline from cc.idleFrom, lazily when
-// the socket's reads go through sockIO (its extendReadDeadline): a busy
-// connection moves it on every request.
+// extendIdleDeadline sets the idle deadline from cc.idleFrom, lazily (see
+// sockIO.extendReadDeadline): a busy connection moves it on every request.
 func (cc *clientConn) extendIdleDeadline() {
-	t := cc.idleFrom.Add(cc.f.idleTimeout)
-	if cc.sio.conn != nil {
-		cc.sio.extendReadDeadline(t)
-	} else {
-		cc.c.SetReadDeadline(t)
-	}
+	cc.sio.extendReadDeadline(cc.idleFrom.Add(cc.f.idleTimeout))
 }
 
 func (cc *clientConn) close() {
@@ -278,7 +263,7 @@ func (cc *clientConn) serve() {
 			// readyPartial: the rest of the head is read below.
 		} else if cc.br == nil || cc.br.Buffered() == 0 {
 			cc.idle.Store(true)
-			cc.setReadDeadline(time.Now().Add(f.idleTimeout))
+			cc.sio.setReadDeadline(time.Now().Add(f.idleTimeout))
 			var err error
 			if f.open.Load() > lightLoad {
 				// Many connections: hold no buffer while waiting.
@@ -301,7 +286,7 @@ func (cc *clientConn) serve() {
 		// common case.
 		headerDeadline := !headBuffered(cc.br)
 		if headerDeadline {
-			cc.setReadDeadline(time.Now().Add(f.readHeaderTimeout))
+			cc.sio.setReadDeadline(time.Now().Add(f.readHeaderTimeout))
 		}
 		if err := readRequest(cc.br, &cc.req, f.lim); err != nil {
 			cc.requestFailed(err)
@@ -328,7 +313,7 @@ func (cc *clientConn) proceed(headerDeadline bool) bool {
 		// The body, or a tunnel, is read without a deadline. Otherwise
 		// nothing is read from the client until the next request, which
 		// sets its own.
-		cc.setReadDeadline(time.Time{})
+		cc.sio.setReadDeadline(time.Time{})
 	}
 	return cc.forward()
 }

@@ -53,10 +53,10 @@ var errAgain = errors.New("nothing to read yet")
 // newReadWriter returns the fastest reader and writer for c: s set up for
 // c when c is a TCP connection, c itself otherwise (TLS).
 func newReadWriter(c net.Conn, s *sockIO) io.ReadWriter {
+	s.conn = c // for the read deadline, which c's reads obey either way
 	if !s.Init(c) {
 		return c
 	}
-	s.conn = c
 	s.Retry = s.rearm
 	s.inq = -1
 	return s
@@ -95,9 +95,10 @@ func (s *sockIO) setReadDeadline(t time.Time) {
 // extendReadDeadline sets a read deadline t that is usually later than the
 // one in force. The poller keeps the earlier one, and a wait that times out
 // there waits on until t (rearm): reads must go through Read, or call rearm
-// after a wait of their own. An earlier t, or the first, is set now.
+// after a wait of their own. An earlier t, or the first, is set now, and so
+// is any on a connection s does not read (TLS), whose reads cannot rearm.
 func (s *sockIO) extendReadDeadline(t time.Time) {
-	if s.armed.IsZero() || t.Before(s.armed) {
+	if s.Raw == nil || s.armed.IsZero() || t.Before(s.armed) {
 		s.setReadDeadline(t)
 		return
 	}

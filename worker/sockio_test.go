@@ -134,6 +134,26 @@ func TestSockIOExtendedDeadlineWaitsOn(t *testing.T) {
 	readAfter(0, "z")
 }
 
+// On a connection sockIO does not read (TLS; a pipe here), whose reads
+// cannot rearm, a later read deadline is set at once.
+func TestExtendedDeadlineOfAConnectionNotReadRaw(t *testing.T) {
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	var s sockIO
+	r := newReadWriter(p1, &s)
+	s.setReadDeadline(time.Now().Add(30 * time.Millisecond))
+	s.extendReadDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		time.Sleep(200 * time.Millisecond) // past the first deadline
+		p2.Write([]byte("x"))
+	}()
+	buf := make([]byte, 8)
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "x" {
+		t.Fatalf("read %q, %v; want \"x\" before the later deadline", buf[:n], err)
+	}
+}
+
 // A write to a peer that reset the connection fails with a write error
 // and does not kill the process (no SIGPIPE).
 func TestSockIOWriteToReset(t *testing.T) {

@@ -160,26 +160,6 @@ func (u *upstreams) release(uc *upConn) {
 	uc.br, uc.bw = nil, nil
 }
 
-// setReadDeadline sets the connection's read deadline now (sockIO's).
-func (uc *upConn) setReadDeadline(t time.Time) {
-	if uc.sio.conn != nil {
-		uc.sio.setReadDeadline(t)
-	} else {
-		uc.c.SetReadDeadline(t)
-	}
-}
-
-// extendReadDeadline sets a read deadline that is usually later than the
-// one in force, lazily when the reads go through sockIO (its
-// extendReadDeadline).
-func (uc *upConn) extendReadDeadline(t time.Time) {
-	if uc.sio.conn != nil {
-		uc.sio.extendReadDeadline(t)
-	} else {
-		uc.c.SetReadDeadline(t)
-	}
-}
-
 // open reports whether an idle connection is still usable: a non-blocking
 // peek finds neither data nor EOF.
 func (uc *upConn) open() bool {
