@@ -31,33 +31,12 @@ const bellSize = 8
 // worker the file descriptor of its bell. A worker without it has no bell.
 const BellEnv = "WELDR_BELL_FD"
 
-// bellSeals are the seals a bell's file carries: its size is fixed, so a
-// mapping of it cannot fault, and OpenBell can tell a bell from other files.
-const bellSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
-
 // NewBell makes a bell for the manager to ring, and the file to hand the
 // worker, which the caller closes once the worker has it.
 func NewBell() (*Bell, *os.File, error) {
-	fd, err := unix.MemfdCreate("weldr-bell", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_NOEXEC_SEAL)
-	if err == unix.EINVAL { // a kernel before 6.3, without MFD_NOEXEC_SEAL
-		fd, err = unix.MemfdCreate("weldr-bell", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
-	}
+	mem, f, err := newShared("bell", bellSize)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating a bell: memfd_create: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "bell")
-	if err := f.Truncate(bellSize); err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("creating a bell: %w", err)
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, bellSeals); err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("creating a bell: sealing it: %w", err)
-	}
-	mem, err := unix.Mmap(fd, 0, bellSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("mapping the bell: %w", err)
+		return nil, nil, err
 	}
 	return newBell(mem), f, nil
 }
@@ -66,19 +45,15 @@ func NewBell() (*Bell, *os.File, error) {
 // read-only, and on success closes fd. Anything but a bell (a sealed
 // memory file of a bell's size) is refused and left open.
 func OpenBell(fd int) (*Bell, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("opening the bell: %w", err)
-	}
-	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
-	if err != nil || seals&bellSeals != bellSeals || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != bellSize {
-		return nil, fmt.Errorf("opening the bell: fd %d is not one (want a sealed memory file of 8 bytes)", fd)
-	}
-	mem, err := unix.Mmap(fd, 0, bellSize, unix.PROT_READ, unix.MAP_SHARED)
+	mem, err := openShared(fd, "bell", "a sealed memory file of 8 bytes", func(size int64) error {
+		if size != bellSize {
+			return fmt.Errorf("%d bytes, not one (want a sealed memory file of 8 bytes)", size)
+		}
+		return nil
+	}, unix.PROT_READ)
 	if err != nil {
-		return nil, fmt.Errorf("mapping the bell: %w", err)
+		return nil, err
 	}
-	unix.Close(fd) // the mapping stays
 	return newBell(mem), nil
 }
 
