@@ -37,6 +37,11 @@ type Manager struct {
 	checkJobs   chan string // IDs of servers due for a check
 
 	proxyFile *os.File // the proxy listener, handed to every worker
+	// board is where the workers count their connections, a seat per
+	// slot; boardFile is its file, handed to every worker. Both nil if
+	// it could not be made.
+	board     *ipc.Board
+	boardFile *os.File
 
 	// mu guards the pool, its version, the workers and the ready count. It
 	// is held across a pool mutation and its broadcast, so that workers see
@@ -188,6 +193,14 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	defer f.Close()
 	if err := boundAccepts(f); err != nil {
 		m.log.Warn("no receive timeout on the proxy listener; a worker may take long to drain after an upgrade", "error", err)
+	}
+
+	if board, f, err := ipc.NewBoard(m.workersCount); err != nil {
+		m.log.Warn("workers may split connections that arrive at once unevenly", "error", err)
+	} else {
+		m.board, m.boardFile = board, f
+		defer board.Close() // after the workers are gone: deferred before their drain
+		defer f.Close()
 	}
 
 	var supervisors sync.WaitGroup

@@ -151,6 +151,12 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(bw, "weldr_workers %d\n", m.workersCount)
 	family("weldr_workers_ready", "gauge", "Worker processes serving.")
 	fmt.Fprintf(bw, "weldr_workers_ready %d\n", ready)
+	if m.board != nil {
+		family("weldr_worker_connections", "gauge", "Client connections open in each worker, by slot. A worker holding more than its share (plus 2, plus 1 in 32 of all) leaves new ones to the others while they accept.")
+		for slot := range m.workersCount {
+			fmt.Fprintf(bw, "weldr_worker_connections{slot=\"%d\"} %d\n", slot, max(0, m.board.Seat(slot).Open.Load()))
+		}
+	}
 	family("weldr_worker_restarts_total", "counter", "Workers restarted after they died.")
 	fmt.Fprintf(bw, "weldr_worker_restarts_total %d\n", m.restarts.Load())
 	family("weldr_upgrade_failures_total", "counter", "SIGHUP upgrades whose new generation failed to start; the old one kept serving.")

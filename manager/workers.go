@@ -146,6 +146,12 @@ func (m *Manager) runWorker(slot int) error {
 		cmd.Env = append(cmd.Env, ipc.BellEnv+"="+strconv.Itoa(3+len(cmd.ExtraFiles)))
 		cmd.ExtraFiles = append(cmd.ExtraFiles, bellFile)
 	}
+	// Without a board the worker accepts connections whatever the others
+	// hold.
+	if m.boardFile != nil {
+		cmd.Env = append(cmd.Env, ipc.BoardEnv+"="+strconv.Itoa(3+len(cmd.ExtraFiles)), ipc.BoardSeatEnv+"="+strconv.Itoa(slot))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, m.boardFile)
+	}
 	err = cmd.Start()
 	theirs.Close()
 	if bellFile != nil {
@@ -189,6 +195,9 @@ func (m *Manager) runWorker(slot int) error {
 	// The worker is gone, so its end of the pipe is closed: the reports
 	// reach EOF after its last stats, which must not be cut off.
 	<-reported
+	if m.board != nil {
+		m.board.Leave(slot) // after its Ready, if it sent one, sat it down
+	}
 	conn.Close()
 	<-written
 	if err != nil {
@@ -198,11 +207,13 @@ func (m *Manager) runWorker(slot int) error {
 }
 
 // workerEnv is the manager's environment without tableflip's variables (a
-// worker is not a new generation and must not act as one) or a bell's.
+// worker is not a new generation and must not act as one), a bell's or a
+// board's.
 func workerEnv(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, "TABLEFLIP_") && !strings.HasPrefix(kv, ipc.BellEnv+"=") {
+		if !strings.HasPrefix(kv, "TABLEFLIP_") && !strings.HasPrefix(kv, ipc.BellEnv+"=") &&
+			!strings.HasPrefix(kv, ipc.BoardEnv+"=") && !strings.HasPrefix(kv, ipc.BoardSeatEnv+"=") {
 			out = append(out, kv)
 		}
 	}
@@ -260,6 +271,9 @@ func (m *Manager) workerReports(wp *workerProc, c *ipc.Conn) {
 			if !wp.ready {
 				wp.ready = true
 				m.setReady(+1)
+				if m.board != nil {
+					m.board.Sit(wp.slot)
+				}
 			}
 		case ipc.Applied:
 			wp.applied = msg.Version

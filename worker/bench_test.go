@@ -215,7 +215,7 @@ func startBenchWorker(b testing.TB, origin string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	_, bell := newBell(b) // read on every request, as in the real worker
-	go func() { done <- Run(ctx, ln, conns[1], bell, io.Discard) }()
+	go func() { done <- Run(ctx, ln, conns[1], Shared{Bell: bell}, io.Discard) }()
 	b.Cleanup(func() {
 		cancel()
 		select {

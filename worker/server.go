@@ -37,12 +37,16 @@ type frontend struct {
 
 	mu    sync.Mutex // guards conns
 	conns map[*clientConn]struct{}
-	open  atomic.Int64
-	done  sync.WaitGroup // one per connection goroutine
-	zero  chan struct{}  // signalled when open drops to zero while draining
+	// open counts the open client connections: in the worker's seat on
+	// the board if it has one, where the others read it, or in ownOpen.
+	open    *atomic.Int64
+	ownOpen atomic.Int64
+	pacer   *acceptPacer   // nil without a board
+	done    sync.WaitGroup // one per connection goroutine
+	zero    chan struct{}  // signalled when open drops to zero while draining
 }
 
-func newFrontend(w *worker, set frontendConfig) *frontend {
+func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
 	f := &frontend{
 		w:                 w,
 		lim:               limits{headerBytes: set.maxHeaderBytes, lineBytes: set.maxRequestLine},
@@ -54,6 +58,12 @@ func newFrontend(w *worker, set frontendConfig) *frontend {
 		hold:              pipelineHold,
 		conns:             make(map[*clientConn]struct{}),
 		zero:              make(chan struct{}, 1),
+	}
+	f.open = &f.ownOpen
+	if sh.Board != nil {
+		f.pacer = newAcceptPacer(sh.Board, sh.Seat)
+		f.open = &f.pacer.mine.Open
+		f.open.Store(0)
 	}
 	f.readSize = max(16<<10, set.maxRequestLine+2)
 	f.bufs = newBuffers(f.readSize)
@@ -73,6 +83,9 @@ type frontendConfig struct {
 func (f *frontend) serve(ln net.Listener) error {
 	var backoff time.Duration
 	for {
+		if f.pacer != nil {
+			f.pacer.pause(f.w.draining.Load)
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			if f.w.draining.Load() || errors.Is(err, net.ErrClosed) {
@@ -89,6 +102,9 @@ func (f *frontend) serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
+		if f.pacer != nil {
+			f.pacer.accepted()
+		}
 		if f.maxConns > 0 && f.open.Load() >= int64(f.maxConns) {
 			// Over the limit: a short answer, never a silent close.
 			c.SetWriteDeadline(time.Now().Add(time.Second))

@@ -54,9 +54,10 @@ type worker struct {
 // over conn. It returns after the manager asks it to drain, closes conn, or
 // ctx ends: it then stops accepting, lets in-flight requests finish within
 // the drain timeout, sends its last stats and closes conn. Logs go to logOut
-// in the format the manager's settings name. The manager rings bell, which
-// may be nil, when it has written a pool change to conn.
-func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, logOut io.Writer) error {
+// in the format the manager's settings name. The manager rings sh.Bell when
+// it has written a pool change to conn; sh.Board is where the workers count
+// their connections.
+func Run(ctx context.Context, ln net.Listener, conn net.Conn, sh Shared, logOut io.Writer) error {
 	in := newPipeIn(conn)
 	defer conn.Close()
 	var m ipc.Message
@@ -80,14 +81,14 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, bell *ipc.Bell, lo
 		byID:         make(map[string]*backend),
 		down:         make(map[string]bool),
 		appliedNote:  make(chan struct{}, 1),
-		bell:         bell,
+		bell:         sh.Bell,
 		in:           in,
 		defaultDrain: set.DrainTimeout,
 	}
 	w.balancer.policy = set.Balance
 	w.apply(&m)
 
-	fe := newFrontend(w, frontendSettings(&set))
+	fe := newFrontend(w, frontendSettings(&set), sh)
 	if set.AccessLog {
 		// Access lines go out at info level whatever log.level says: the
 		// operator asked for them.

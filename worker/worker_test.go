@@ -115,13 +115,21 @@ type harness struct {
 // collects its stats reports. Everything it starts is stopped in t.Cleanup.
 func startWorker(t *testing.T, set ipc.Settings, servers ...ipc.Server) *harness {
 	t.Helper()
-	return startWorkerBell(t, true, set, servers...)
+	return startWorkerSharing(t, sharing{bell: true}, set, servers...)
 }
 
-// startWorkerBell is startWorker with a bell (h.bell) or without one.
-func startWorkerBell(t *testing.T, bell bool, set ipc.Settings, servers ...ipc.Server) *harness {
+// sharing is what the harness shares with its worker: a bell (h.bell) or
+// none, and a board or none.
+type sharing struct {
+	bell  bool
+	board *ipc.Board
+	seat  int
+}
+
+// startWorkerSharing is startWorker sharing sh.
+func startWorkerSharing(t *testing.T, sh sharing, set ipc.Settings, servers ...ipc.Server) *harness {
 	t.Helper()
-	h := launchWorkerBell(t, bell)
+	h := launchWorkerSharing(t, sh)
 	if err := h.mgr.Send(&ipc.Message{Kind: ipc.Snapshot, Settings: &set, Servers: servers}); err != nil {
 		t.Fatalf("Send(Snapshot) = %v", err)
 	}
@@ -134,8 +142,8 @@ func startWorkerBell(t *testing.T, bell bool, set ipc.Settings, servers ...ipc.S
 	if m.Kind != ipc.Ready || m.PID != os.Getpid() {
 		t.Fatalf("first message from the worker = %s with PID %d, want Ready with PID %d", m.Kind, m.PID, os.Getpid())
 	}
-	if m.Bell != bell {
-		t.Fatalf("Ready says the worker reads a bell: %t, want %t (the manager counts a change rung as in force only then)", m.Bell, bell)
+	if m.Bell != sh.bell {
+		t.Fatalf("Ready says the worker reads a bell: %t, want %t (the manager counts a change rung as in force only then)", m.Bell, sh.bell)
 	}
 	h.reading = true
 	go h.statsReader()
@@ -145,11 +153,11 @@ func startWorkerBell(t *testing.T, bell bool, set ipc.Settings, servers ...ipc.S
 // launchWorker starts Run, with a bell, without sending it anything.
 func launchWorker(t *testing.T) *harness {
 	t.Helper()
-	return launchWorkerBell(t, true)
+	return launchWorkerSharing(t, sharing{bell: true})
 }
 
-// launchWorkerBell is launchWorker with a bell (h.bell) or without one.
-func launchWorkerBell(t *testing.T, withBell bool) *harness {
+// launchWorkerSharing is launchWorker sharing sh.
+func launchWorkerSharing(t *testing.T, sh sharing) *harness {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -158,7 +166,7 @@ func launchWorkerBell(t *testing.T, withBell bool) *harness {
 	t.Cleanup(func() { ln.Close() })
 	mgr, wrk := socketpair(t)
 	var bell, theirs *ipc.Bell
-	if withBell {
+	if sh.bell {
 		bell, theirs = newBell(t)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -175,7 +183,7 @@ func launchWorkerBell(t *testing.T, withBell bool) *harness {
 		runDone:    make(chan error, 1),
 		readerDone: make(chan struct{}),
 	}
-	go func() { h.runDone <- Run(ctx, ln, wrk, theirs, h.logs) }()
+	go func() { h.runDone <- Run(ctx, ln, wrk, Shared{Bell: theirs, Board: sh.board, Seat: sh.seat}, h.logs) }()
 	t.Cleanup(func() {
 		tr.CloseIdleConnections() // a drain need not wait out idle keep-alive connections
 		cancel()
@@ -620,7 +628,7 @@ func TestPoolUpdates(t *testing.T) {
 
 func testPoolUpdates(t *testing.T, bell bool) {
 	a, b, c, d := named(t, "a"), named(t, "b"), named(t, "c"), named(t, "d")
-	h := startWorkerBell(t, bell, testSettings(), a, b)
+	h := startWorkerSharing(t, sharing{bell: bell}, testSettings(), a, b)
 	h.waitRouting(t, "a", "b")
 
 	steps := []struct {

@@ -110,7 +110,23 @@ func runWorker() int {
 			log.Warn("worker: no bell: pool changes will reach this worker late when it is busy", ipc.BellEnv, s, "error", err)
 		}
 	}
-	if err := worker.Run(ctx, ln, conn, bell, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
+	// The board where the workers count their connections, if it passed one.
+	sh := worker.Shared{Bell: bell}
+	if s := os.Getenv(ipc.BoardEnv); s != "" {
+		fd, err := strconv.Atoi(s)
+		var seat int
+		if err == nil {
+			seat, err = strconv.Atoi(os.Getenv(ipc.BoardSeatEnv))
+		}
+		if err == nil {
+			sh.Board, err = ipc.OpenBoard(fd, seat)
+			sh.Seat = seat
+		}
+		if err != nil {
+			log.Warn("worker: no board: this worker may take more than its share of connections that arrive at once", ipc.BoardEnv, s, ipc.BoardSeatEnv, os.Getenv(ipc.BoardSeatEnv), "error", err)
+		}
+	}
+	if err := worker.Run(ctx, ln, conn, sh, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("worker stopped", "pid", os.Getpid(), "error", err)
 		return 1
 	}

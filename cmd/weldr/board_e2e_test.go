@@ -1,0 +1,50 @@
+package main
+
+import (
+	"net/http"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The workers count their client connections on the board the manager
+// shares with them, which /metrics shows by slot; a slot whose worker
+// died counts nothing until its replacement accepts.
+func TestWorkersCountTheirConnectionsOnTheBoard(t *testing.T) {
+	d := start(t, options{workers: 2})
+	d.register(t, backend(t, "a").URL)
+	slots := func() [2]int64 {
+		return [2]int64{d.metric(t, `weldr_worker_connections{slot="0"}`), d.metric(t, `weldr_worker_connections{slot="1"}`)}
+	}
+	if got := slots(); got != [2]int64{0, 0} {
+		t.Fatalf("weldr_worker_connections before any client = %v, want 0 in both slots", got)
+	}
+
+	const n = 40
+	for i := range n {
+		if code, body := dialKeptAlive(t, d.proxy).roundTrip(t); code != http.StatusOK || body != "GET a" {
+			t.Fatalf("connection %d: GET = %d %q, want 200 from a", i, code, body)
+		}
+	}
+	before := slots()
+	if before[0]+before[1] != n {
+		t.Fatalf("weldr_worker_connections = %v with %d connections open, want them to add up to %d", before, n, n)
+	}
+	t.Logf("%d connections opened one after another: %v by slot", n, before)
+
+	workers := children(d.pid(t))
+	if len(workers) != 2 {
+		t.Fatalf("weldr runs %d workers, want 2", len(workers))
+	}
+	if err := syscall.Kill(workers[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a replacement worker", func() bool {
+		now := children(d.pid(t))
+		return len(now) == 2 && !slices.Contains(now, workers[0]) && d.metric(t, "weldr_workers_ready") == 2
+	})
+	if got := slots(); got != [2]int64{0, before[1]} && got != [2]int64{before[0], 0} {
+		t.Errorf("weldr_worker_connections after a worker was replaced = %v, want %v with one slot at 0", got, before)
+	}
+}
