@@ -62,6 +62,7 @@ for bin in "$@"; do
   awk -F'\t' -v name="$(basename "$bin")" '
     function median(a, n,   i, j, t) {for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) {t = a[j]; a[j] = a[j-1]; a[j-1] = t}
       return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2}
-    $1 == name {n++; r[n] = $2; c[n] = $4; u[n] = $5; k[n] = $6}
-    END {printf "%s\treq/s %.0f\tcpu %.2f us/req\tuser %.2f\tkernel %.2f\n", name, median(r, n), median(c, n), median(u, n), median(k, n)}' "$work/runs.tsv"
+    function ms(s) {return s ~ /us$/ ? s / 1000 : s ~ /ms$/ ? s + 0 : s * 1000} # wrk: 812.00us, 27.84ms, 1.02s
+    $1 == name {n++; r[n] = $2; p[n] = ms($3); c[n] = $4; u[n] = $5; k[n] = $6}
+    END {printf "%s\treq/s %.0f\tp99 %.2fms\tcpu %.2f us/req\tuser %.2f\tkernel %.2f\n", name, median(r, n), median(p, n), median(c, n), median(u, n), median(k, n)}' "$work/runs.tsv"
 done
