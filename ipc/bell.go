@@ -45,9 +45,9 @@ func NewBell() (*Bell, *os.File, error) {
 // read-only, and on success closes fd. Anything but a bell (a sealed
 // memory file of a bell's size) is refused and left open.
 func OpenBell(fd int) (*Bell, error) {
-	mem, err := openShared(fd, "bell", "a sealed memory file of 8 bytes", func(size int64) error {
+	mem, err := openShared(fd, "bell", func(size int64) error {
 		if size != bellSize {
-			return fmt.Errorf("%d bytes, not one (want a sealed memory file of 8 bytes)", size)
+			return fmt.Errorf("%d bytes, want %d", size, bellSize)
 		}
 		return nil
 	}, unix.PROT_READ)

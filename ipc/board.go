@@ -11,8 +11,8 @@ import (
 
 // A Board is memory the manager shares with all of its workers: a seat for
 // each worker slot, where the worker counts the client connections it holds
-// open and the ones it has accepted, and the manager marks whether a
-// running worker sits there.
+// open and says when it stops accepting, and the manager marks whether a
+// worker sits there.
 //
 // Why: the workers accept from one listening socket, and a worker that
 // happens to be running when many connections arrive at once takes them
@@ -26,17 +26,27 @@ type Board struct {
 
 // A Seat is one worker slot's place on the board.
 type Seat struct {
-	taken atomic.Uint64 // written by the manager: 1 while a worker is ready in the slot
-	// Open and Accepted are written by the worker in the slot.
-	Open     atomic.Int64
-	Accepted atomic.Uint64
-	_        [seatSize - 24]byte // a cache line each: workers do not share one
+	// taken is written by the manager: 1 from the worker's Ready until it
+	// is gone.
+	taken atomic.Uint64
+	// Open and Out are written by the worker in the seat: the client
+	// connections it holds open, and 1 once it has stopped accepting (it
+	// drains).
+	Open atomic.Int64
+	Out  atomic.Uint64
+	_    [seatSize - 24]byte // a cache line each: workers do not share one
 }
 
 const (
 	seatSize = 64
 	// maxSeats bounds a board as the configuration bounds the workers.
 	maxSeats = 1024
+)
+
+// A seat is seatSize bytes: these compile only if so.
+var (
+	_ [seatSize - unsafe.Sizeof(Seat{})]byte
+	_ [unsafe.Sizeof(Seat{}) - seatSize]byte
 )
 
 // BoardEnv and BoardSeatEnv name the environment variables by which the
@@ -65,10 +75,10 @@ func NewBoard(n int) (*Board, *os.File, error) {
 // sealed memory file of whole seats, with a seat numbered seat) is refused
 // and left open.
 func OpenBoard(fd, seat int) (*Board, error) {
-	mem, err := openShared(fd, "board", fmt.Sprintf("a sealed memory file of %d-byte seats", seatSize), func(size int64) error {
+	mem, err := openShared(fd, "board", func(size int64) error {
 		switch n := size / seatSize; {
 		case size%seatSize != 0 || n > maxSeats:
-			return fmt.Errorf("%d bytes, not one (want a sealed memory file of up to %d %d-byte seats)", size, maxSeats, seatSize)
+			return fmt.Errorf("%d bytes, want 1 to %d seats of %d", size, maxSeats, seatSize)
 		case seat < 0 || int64(seat) >= n:
 			return fmt.Errorf("seat %d of %d does not exist", seat, n)
 		}
@@ -92,26 +102,24 @@ func (b *Board) Seat(i int) *Seat { return &b.seats[i] }
 // Sit marks seat i as taken by a ready worker.
 func (b *Board) Sit(i int) { b.seats[i].taken.Store(1) }
 
-// Leave marks seat i as empty and clears its counts, once its worker is
-// gone.
+// Leave marks seat i as empty and clears it, once its worker is gone.
 func (b *Board) Leave(i int) {
 	s := &b.seats[i]
 	s.taken.Store(0)
 	s.Open.Store(0)
-	s.Accepted.Store(0)
+	s.Out.Store(0)
 }
 
-// Others tallies the taken seats other than seat i: how many there are,
-// the connections their workers hold open and how many they have accepted.
-func (b *Board) Others(i int) (workers int, open int64, accepted uint64) {
+// Others tallies the seats other than seat i whose workers accept: how
+// many there are, and the connections they hold open.
+func (b *Board) Others(i int) (workers int, open int64) {
 	for j := range b.seats {
-		if s := &b.seats[j]; j != i && s.taken.Load() != 0 {
+		if s := &b.seats[j]; j != i && s.taken.Load() != 0 && s.Out.Load() == 0 {
 			workers++
 			open += max(0, s.Open.Load())
-			accepted += s.Accepted.Load()
 		}
 	}
-	return workers, open, accepted
+	return workers, open
 }
 
 // Close unmaps the board. It must not be used after.

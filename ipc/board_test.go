@@ -37,33 +37,37 @@ func TestBoardSharesSeats(t *testing.T) {
 	w0, w1, w2 := openTheirs(t, int(f.Fd()), 0), openTheirs(t, int(f.Fd()), 1), openTheirs(t, int(f.Fd()), 2)
 
 	w1.Seat(1).Open.Store(7)
-	w1.Seat(1).Accepted.Store(9)
 	w2.Seat(2).Open.Store(5)
-	w2.Seat(2).Accepted.Store(1)
-	if n, open, acc := w0.Others(0); n != 0 || open != 0 || acc != 0 {
-		t.Errorf("with no seat taken, Others(0) = %d, %d, %d, want 0, 0, 0", n, open, acc)
+	if n, open := w0.Others(0); n != 0 || open != 0 {
+		t.Errorf("with no seat taken, Others(0) = %d, %d, want 0, 0", n, open)
 	}
 	ours.Sit(0)
 	ours.Sit(1)
 	ours.Sit(2)
-	if n, open, acc := w0.Others(0); n != 2 || open != 12 || acc != 10 {
-		t.Errorf("Others(0) = %d workers, %d open, %d accepted, want 2, 12, 10", n, open, acc)
+	if n, open := w0.Others(0); n != 2 || open != 12 {
+		t.Errorf("Others(0) = %d workers, %d open, want 2, 12", n, open)
 	}
-	if n, open, acc := w2.Others(2); n != 2 || open != 7 || acc != 9 {
-		t.Errorf("Others(2) = %d workers, %d open, %d accepted, want 2, 7, 9 (seat 0 holds nothing)", n, open, acc)
+	if n, open := w2.Others(2); n != 2 || open != 7 {
+		t.Errorf("Others(2) = %d workers, %d open, want 2, 7 (seat 0 holds nothing)", n, open)
 	}
 	// A count gone below zero (a bug, or a torn write) does not lower
 	// the others' totals.
 	w2.Seat(2).Open.Store(-4)
-	if _, open, _ := w0.Others(0); open != 7 {
+	if _, open := w0.Others(0); open != 7 {
 		t.Errorf("with seat 2 at -4, Others(0) counts %d open, want 7", open)
 	}
-	ours.Leave(1)
-	if n, open, acc := w0.Others(0); n != 1 || open != 0 || acc != 1 {
-		t.Errorf("after seat 1 is left, Others(0) = %d, %d, %d, want 1, 0, 1", n, open, acc)
+	// A worker that drains is left out.
+	w1.Seat(1).Out.Store(1)
+	if n, open := w0.Others(0); n != 1 || open != 0 {
+		t.Errorf("with seat 1 out, Others(0) = %d, %d, want 1, 0", n, open)
 	}
-	if s := ours.Seat(1); s.Open.Load() != 0 || s.Accepted.Load() != 0 {
-		t.Errorf("a seat left still counts %d open, %d accepted", s.Open.Load(), s.Accepted.Load())
+	ours.Leave(1)
+	if s := ours.Seat(1); s.Open.Load() != 0 || s.Out.Load() != 0 {
+		t.Errorf("a seat left still counts %d open, out %d", s.Open.Load(), s.Out.Load())
+	}
+	ours.Sit(1) // its next worker
+	if n, open := w0.Others(0); n != 2 || open != 0 {
+		t.Errorf("with seat 1 taken again, Others(0) = %d, %d, want 2, 0", n, open)
 	}
 }
 
@@ -105,7 +109,7 @@ func TestOpenBoardRefusesOtherFiles(t *testing.T) {
 		fd, seat int
 		want     string
 	}{
-		{"a bell", int(bellFile.Fd()), 0, "not one"},
+		{"a bell", int(bellFile.Fd()), 0, "8 bytes, want 1 to 1024 seats of 64"},
 		{"an unsealed 64-byte memfd", unsealed, 0, "not one"},
 		{"a 64-byte file", fileOf(t, 64), 0, "not one"},
 		{"an empty file", fileOf(t, 0), 0, "not one"},

@@ -41,16 +41,16 @@ func newShared(name string, size int) ([]byte, *os.File, error) {
 }
 
 // openShared maps the sealed memory file fd with protection prot, and on
-// success closes fd. Anything else is refused with an error that says what
-// was wanted (want), and left open, as is a file whose size check refuses.
-func openShared(fd int, name, want string, check func(size int64) error, prot int) ([]byte, error) {
+// success closes fd. Anything else is refused and left open, as is a file
+// whose size check says what is wrong with it.
+func openShared(fd int, name string, check func(size int64) error, prot int) ([]byte, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("opening the %s: %w", name, err)
 	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil || seals&shmSeals != shmSeals || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size <= 0 {
-		return nil, fmt.Errorf("opening the %s: fd %d is not one (want %s)", name, fd, want)
+		return nil, fmt.Errorf("opening the %s: fd %d is not one (want a sealed memory file)", name, fd)
 	}
 	if err := check(st.Size); err != nil {
 		return nil, fmt.Errorf("opening the %s: fd %d: %w", name, fd, err)

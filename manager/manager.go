@@ -198,9 +198,11 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	if board, f, err := ipc.NewBoard(m.workersCount); err != nil {
 		m.log.Warn("workers may split connections that arrive at once unevenly", "error", err)
 	} else {
+		// The board stays mapped until the process exits: /metrics reads
+		// it, and the admin server's shutdown does not wait for every
+		// handler.
 		m.board, m.boardFile = board, f
-		defer board.Close() // after the workers are gone: deferred before their drain
-		defer f.Close()
+		defer f.Close() // after the workers are gone: deferred before their drain
 	}
 
 	var supervisors sync.WaitGroup

@@ -152,7 +152,7 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	family("weldr_workers_ready", "gauge", "Worker processes serving.")
 	fmt.Fprintf(bw, "weldr_workers_ready %d\n", ready)
 	if m.board != nil {
-		family("weldr_worker_connections", "gauge", "Client connections open in each worker, by slot. A worker holding more than its share (plus 2, plus 1 in 32 of all) leaves new ones to the others while they accept.")
+		family("weldr_worker_connections", "gauge", "Client connections open in each worker, by slot. A worker holding more than its share (plus 2, plus 1 in 32 of all) leaves new ones to the others for a moment, while they take them on.")
 		for slot := range m.workersCount {
 			fmt.Fprintf(bw, "weldr_worker_connections{slot=\"%d\"} %d\n", slot, max(0, m.board.Seat(slot).Open.Load()))
 		}

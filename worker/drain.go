@@ -19,6 +19,9 @@ const idleGrace = time.Second
 func (w *worker) drain(fe *frontend, ln net.Listener, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	w.draining.Store(true)
+	if fe.pacer != nil {
+		fe.pacer.draining()
+	}
 	ln.Close()
 	fe.waitZero(min(idleGrace, timeout))
 	fe.closeConns(true)

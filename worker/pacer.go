@@ -27,66 +27,81 @@ type Shared struct {
 // while the others wait for a core: one worker can end with two or three
 // times the connections of another, and the busier worker's queue sets
 // the tail latency of them all. Before each accept, the pacer compares the
-// worker's open connections with the others' on the board, and while the
-// worker is over its share it waits, leaving new connections to them.
+// worker's open connections with those of the others that accept, on the
+// board, and while the worker is over its share it waits, leaving new
+// connections to them.
 //
-// It waits only while the others accept: at most acceptPauseMax without
-// one of them taking a connection. After a wait that ran out it does not
-// wait again until another worker has accepted one, so that a worker that
-// is stopped or stuck costs one wait, not one per connection.
+// It waits only while that works: while the others take on connections,
+// so that the worker's excess over its share keeps falling to new lows,
+// and never longer than acceptPauseMax in all. A wait that runs out
+// (acceptPauseIdle without a new low, or acceptPauseMax) is not begun
+// again for acceptPauseRest. So a worker that is stopped or stuck, or
+// others that take only short-lived connections while this worker holds
+// long-lived ones, cost this worker at most a wait of acceptPauseIdle in
+// every acceptPauseRest.
 type acceptPacer struct {
 	board *ipc.Board
 	seat  int
 	mine  *ipc.Seat
-	sleep func(time.Duration) // time.Sleep; tests count instead
+	now   func() time.Time    // time.Now; tests keep their own clock
+	sleep func(time.Duration) // time.Sleep
 
-	stalled   bool   // the last wait ran out
-	stalledAt uint64 // the others' accepts then
+	restUntil time.Time // no wait begins before this
 }
 
 const (
 	acceptPauseStep = 250 * time.Microsecond
-	acceptPauseMax  = 2 * time.Millisecond
+	acceptPauseIdle = 2 * time.Millisecond
+	acceptPauseMax  = 20 * time.Millisecond
+	acceptPauseRest = 100 * time.Millisecond
 )
 
 func newAcceptPacer(board *ipc.Board, seat int) *acceptPacer {
-	return &acceptPacer{board: board, seat: seat, mine: board.Seat(seat), sleep: time.Sleep}
+	return &acceptPacer{board: board, seat: seat, mine: board.Seat(seat), now: time.Now, sleep: time.Sleep}
 }
 
-// overShare reports whether a worker holding mine of the open connections,
-// beside others workers holding theirs, has more than its share and some
-// slack: 2 connections, and one in 32 of the total.
-func overShare(mine, theirs int64, others int) bool {
+// excess is how many connections a worker holds over its share and some
+// slack (2 connections, and 1 in 32 of all), times the number of workers:
+// it holds mine of the open connections, and the number others of other
+// workers hold theirs. It is over its share if excess is above zero.
+func excess(mine, theirs int64, others int) int64 {
 	if others == 0 {
-		return false
+		return 0
 	}
 	n, total := int64(others+1), mine+theirs
-	return mine*n > total+(2+total/32)*n
+	return mine*n - total - (2+total/32)*n
 }
 
 // pause waits, before the worker accepts a connection, while it is over
-// its share and the others accept, or until stop says so.
+// its share and the others take on connections, or until stop says so.
 func (p *acceptPacer) pause(stop func() bool) {
-	others, theirs, accepted := p.board.Others(p.seat)
-	if p.stalled && accepted == p.stalledAt {
+	others, theirs := p.board.Others(p.seat)
+	low := excess(p.mine.Open.Load(), theirs, others)
+	if low <= 0 {
 		return
 	}
-	p.stalled = false
-	var waited time.Duration
-	for overShare(p.mine.Open.Load(), theirs, others) && !stop() {
-		if waited >= acceptPauseMax {
-			p.stalled, p.stalledAt = true, accepted
-			return
-		}
+	start := p.now()
+	if start.Before(p.restUntil) {
+		return
+	}
+	lastLow := start
+	for !stop() {
 		p.sleep(acceptPauseStep)
-		waited += acceptPauseStep
-		var now uint64
-		others, theirs, now = p.board.Others(p.seat)
-		if now != accepted {
-			accepted, waited = now, 0
+		others, theirs = p.board.Others(p.seat)
+		e, now := excess(p.mine.Open.Load(), theirs, others), p.now()
+		switch {
+		case e <= 0:
+			return
+		case e < low:
+			low, lastLow = e, now
+		}
+		if now.Sub(lastLow) >= acceptPauseIdle || now.Sub(start) >= acceptPauseMax {
+			p.restUntil = now.Add(acceptPauseRest)
+			return
 		}
 	}
 }
 
-// accepted counts a connection the worker accepted.
-func (p *acceptPacer) accepted() { p.mine.Accepted.Add(1) }
+// draining says on the board that the worker no longer accepts, so that
+// the others leave it out of their shares.
+func (p *acceptPacer) draining() { p.mine.Out.Store(1) }

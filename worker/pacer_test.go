@@ -11,31 +11,39 @@ import (
 	"github.com/weldr-proxy/weldr/ipc"
 )
 
-func TestOverShare(t *testing.T) {
+func TestExcess(t *testing.T) {
 	for _, c := range []struct {
 		mine, theirs int64
 		others       int
-		want         bool
+		want         int64
 	}{
-		{100, 0, 0, false}, // alone: all of it is its share
-		{0, 0, 1, false},
-		{4, 0, 1, false}, // 2 each, and 2 of slack
-		{5, 0, 1, true},
-		{133, 123, 1, false}, // 256: 128 each, and 2 + 8 of slack
-		{139, 117, 1, true},
-		{24, 56, 3, false}, // 4 workers, 80: 20 each, and 2 + 2 of slack
-		{25, 55, 3, true},
-		{0, 1000, 1, false},
+		{100, 0, 0, 0}, // alone: all of it is its share
+		{0, 0, 1, -4},
+		{4, 0, 1, 0}, // 2 each, and 2 of slack
+		{5, 0, 1, 1},
+		{133, 123, 1, -10}, // 256: 128 each, and 2 + 8 of slack
+		{139, 117, 1, 2},
+		{24, 56, 3, 0}, // 4 workers, 80: 20 each, and 2 + 2 of slack
+		{25, 55, 3, 4},
+		{0, 1000, 1, -1000 - 2*33},
 	} {
-		if got := overShare(c.mine, c.theirs, c.others); got != c.want {
-			t.Errorf("overShare(mine %d, theirs %d, %d others) = %v, want %v", c.mine, c.theirs, c.others, got, c.want)
+		if got := excess(c.mine, c.theirs, c.others); got != c.want {
+			t.Errorf("excess(mine %d, theirs %d, %d others) = %d, want %d", c.mine, c.theirs, c.others, got, c.want)
 		}
 	}
 }
 
-// pacerOnBoard is a pacer in seat 0 of a board of two seats, both taken,
-// whose sleeps are counted and call during, if set, instead of waiting.
-func pacerOnBoard(t *testing.T) (p *acceptPacer, other *ipc.Seat, sleeps *int, during *func()) {
+// testPacer is a pacer in seat 0 of a board of two seats, both taken, on
+// a clock of its own that each sleep moves on, after calling during.
+type testPacer struct {
+	*acceptPacer
+	other  *ipc.Seat
+	sleeps int
+	slept  time.Duration
+	during func()
+}
+
+func newTestPacer(t *testing.T) *testPacer {
 	t.Helper()
 	board, f, err := ipc.NewBoard(2)
 	if err != nil {
@@ -45,110 +53,145 @@ func pacerOnBoard(t *testing.T) (p *acceptPacer, other *ipc.Seat, sleeps *int, d
 	t.Cleanup(func() { board.Close() })
 	board.Sit(0)
 	board.Sit(1)
-	p = newAcceptPacer(board, 0)
-	sleeps, during = new(int), new(func())
-	p.sleep = func(d time.Duration) {
+	tp := &testPacer{acceptPacer: newAcceptPacer(board, 0), other: board.Seat(1)}
+	clock := time.Unix(1e9, 0)
+	tp.now = func() time.Time { return clock }
+	tp.sleep = func(d time.Duration) {
 		if d != acceptPauseStep {
 			t.Errorf("slept %v, want steps of %v", d, acceptPauseStep)
 		}
-		*sleeps++
-		if *during != nil {
-			(*during)()
+		tp.sleeps++
+		tp.slept += d
+		if tp.during != nil {
+			tp.during()
 		}
+		clock = clock.Add(d)
 	}
-	return p, board.Seat(1), sleeps, during
+	return tp
+}
+
+// pauseFor runs a pause and reports how long it slept.
+func (tp *testPacer) pauseFor(stop func() bool) time.Duration {
+	tp.slept = 0
+	tp.pause(stop)
+	return tp.slept
 }
 
 func never() bool { return false }
 
-// Within its share, or alone, a worker accepts at once.
+// Within its share, alone, or beside a worker that drains, a worker
+// accepts at once.
 func TestPacerWithinShareDoesNotWait(t *testing.T) {
-	p, other, sleeps, _ := pacerOnBoard(t)
+	p := newTestPacer(t)
 	p.mine.Open.Store(10)
-	other.Open.Store(10)
+	p.other.Open.Store(10)
 	p.pause(never)
 	p.mine.Open.Store(13) // 23: 11.5 each, and 2 of slack
 	p.pause(never)
-	if *sleeps != 0 {
-		t.Errorf("a worker within its share slept %d times", *sleeps)
+	if p.sleeps != 0 {
+		t.Errorf("a worker within its share slept %d times", p.sleeps)
+	}
+	p.mine.Open.Store(100)
+	p.other.Out.Store(1)
+	p.pause(never)
+	if p.sleeps != 0 {
+		t.Errorf("a worker beside one that drains slept %d times", p.sleeps)
 	}
 	p.board.Leave(1)
-	p.mine.Open.Store(100)
 	p.pause(never)
-	if *sleeps != 0 {
-		t.Errorf("a worker alone slept %d times", *sleeps)
+	if p.sleeps != 0 {
+		t.Errorf("a worker alone slept %d times", p.sleeps)
 	}
 }
 
-// Over its share, a worker waits while the other accepts, for as long as
-// it takes the other to catch up, however long past acceptPauseMax.
-func TestPacerWaitsWhileTheOthersAccept(t *testing.T) {
-	p, other, sleeps, during := pacerOnBoard(t)
-	p.mine.Open.Store(100)
-	*during = func() { // one connection for the other per step
-		other.Open.Add(1)
-		other.Accepted.Add(1)
-	}
-	p.pause(never)
-	if mine, theirs := p.mine.Open.Load(), other.Open.Load(); overShare(mine, theirs, 1) {
-		t.Errorf("pause returned with %d connections against the other's %d: over its share", mine, theirs)
-	}
+// Over its share, a worker waits while the other takes on connections,
+// past acceptPauseIdle, until it is within its share.
+func TestPacerWaitsWhileTheOthersTakeConnections(t *testing.T) {
+	p := newTestPacer(t)
+	p.mine.Open.Store(40)
+	p.during = func() { p.other.Open.Add(1) } // one connection for the other per step
+	slept := p.pauseFor(never)
 	want := 0 // steps until the other has caught up
-	for overShare(100, int64(want), 1) {
+	for excess(40, int64(want), 1) > 0 {
 		want++
 	}
-	if *sleeps != want {
-		t.Errorf("slept %d times, want %d: until the other, taking one connection a step, is within its share", *sleeps, want)
+	if p.sleeps != want {
+		t.Errorf("slept %d times, want %d: until the other, taking one connection a step, is within its share", p.sleeps, want)
 	}
-	if *sleeps <= int(acceptPauseMax/acceptPauseStep) {
-		t.Errorf("slept %d times: the test needs a wait past acceptPauseMax", *sleeps)
+	if slept <= acceptPauseIdle || slept > acceptPauseMax {
+		t.Fatalf("the test needs a wait between acceptPauseIdle and acceptPauseMax, got %v", slept)
 	}
 }
 
-// A worker whose other does not accept waits acceptPauseMax once, then
-// accepts without waiting until the other takes a connection again.
-func TestPacerStopsWaitingOnAStalledWorker(t *testing.T) {
-	p, other, sleeps, _ := pacerOnBoard(t)
-	p.mine.Open.Store(50)
-	p.pause(never)
-	if want := int(acceptPauseMax / acceptPauseStep); *sleeps != want {
-		t.Errorf("waiting on a worker that accepts nothing slept %d times, want %d (acceptPauseMax)", *sleeps, want)
+// However steadily the other takes on connections, a wait lasts at most
+// acceptPauseMax, and none begins for acceptPauseRest after.
+func TestPacerWaitsAtMostAcceptPauseMax(t *testing.T) {
+	p := newTestPacer(t)
+	p.mine.Open.Store(1000)
+	p.during = func() { p.other.Open.Add(1) }
+	if slept := p.pauseFor(never); slept != acceptPauseMax {
+		t.Errorf("waited %v, want acceptPauseMax (%v)", slept, acceptPauseMax)
 	}
-	*sleeps = 0
-	for range 10 {
-		p.mine.Open.Add(1)
-		p.pause(never)
+	if slept := p.pauseFor(never); slept != 0 {
+		t.Errorf("right after, waited %v, want none", slept)
 	}
-	if *sleeps != 0 {
-		t.Errorf("after a wait ran out, 10 more accepts slept %d times, want none until the other accepts", *sleeps)
-	}
-	other.Accepted.Add(1) // it runs again
-	p.pause(never)
-	if want := int(acceptPauseMax / acceptPauseStep); *sleeps != want {
-		t.Errorf("once the other accepted again, a pause slept %d times, want %d", *sleeps, want)
+}
+
+// A wait on others that take connections without holding more of them
+// (short-lived ones), or on a worker that accepts nothing, runs out after
+// acceptPauseIdle; then none begins for acceptPauseRest.
+func TestPacerRestsAfterAWaitThatRanOut(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		during func(other *ipc.Seat)
+	}{
+		{"short-lived connections", func(other *ipc.Seat) { other.Open.Add(1); other.Open.Add(-1) }},
+		{"a stopped worker", func(*ipc.Seat) {}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newTestPacer(t)
+			p.mine.Open.Store(100)
+			p.other.Open.Store(5)
+			p.during = func() { c.during(p.other) }
+			if slept := p.pauseFor(never); slept != acceptPauseIdle {
+				t.Errorf("waited %v, want acceptPauseIdle (%v)", slept, acceptPauseIdle)
+			}
+			var rest time.Duration
+			for rest < acceptPauseRest {
+				p.mine.Open.Add(1) // it accepted
+				if slept := p.pauseFor(never); slept != 0 {
+					t.Fatalf("%v after a wait ran out, waited %v again, want none for acceptPauseRest (%v)", rest, slept, acceptPauseRest)
+				}
+				p.sleep(acceptPauseStep) // time passes
+				rest += acceptPauseStep
+			}
+			if slept := p.pauseFor(never); slept != acceptPauseIdle {
+				t.Errorf("acceptPauseRest after, waited %v, want acceptPauseIdle again", slept)
+			}
+		})
 	}
 }
 
 // A drain ends a wait.
 func TestPacerStopsWaitingWhenTold(t *testing.T) {
-	p, other, sleeps, during := pacerOnBoard(t)
+	p := newTestPacer(t)
 	p.mine.Open.Store(50)
 	stop := false
-	*during = func() {
-		other.Accepted.Add(1) // the other accepts, but too slowly to catch up
-		if *sleeps == 3 {
+	p.during = func() {
+		p.other.Open.Add(1) // the other takes on connections, but too slowly to catch up
+		if p.sleeps == 3 {
 			stop = true
 		}
 	}
 	p.pause(func() bool { return stop })
-	if *sleeps != 3 {
-		t.Errorf("slept %d times, want 3: told to stop after the third", *sleeps)
+	if p.sleeps != 3 {
+		t.Errorf("slept %d times, want 3: told to stop after the third", p.sleeps)
 	}
 }
 
-// A worker with a board counts its connections in its seat, and one whose
-// only other worker never accepts serves every connection all the same:
-// the wait for it runs out once.
+// A worker with a board counts its connections in its seat, and says so
+// when it drains; one whose only other worker never accepts serves every
+// connection all the same.
 func TestWorkerBesideAWorkerThatNeverAccepts(t *testing.T) {
 	board, f, err := ipc.NewBoard(2)
 	if err != nil {
@@ -178,14 +221,16 @@ func TestWorkerBesideAWorkerThatNeverAccepts(t *testing.T) {
 		}
 		res.Body.Close()
 	}
-	if n, acc := mine.Open.Load(), mine.Accepted.Load(); n != conns || acc != conns {
-		t.Errorf("the worker's seat counts %d open and %d accepted, want %d and %d", n, acc, conns, conns)
-	}
-	if _, _, acc := board.Others(0); acc != 0 {
-		t.Errorf("the other seat counts %d accepted, want 0", acc)
+	if n := mine.Open.Load(); n != conns {
+		t.Errorf("the worker's seat counts %d open connections, want %d", n, conns)
 	}
 	for _, c := range cs {
 		c.Close()
 	}
 	waitFor(t, "the worker's seat to count no open connection", func() bool { return mine.Open.Load() == 0 })
+	if mine.Out.Load() != 0 {
+		t.Fatal("the worker's seat says it is out before it drains")
+	}
+	h.cancel() // it drains
+	waitFor(t, "the worker's seat to say it is out", func() bool { return mine.Out.Load() == 1 })
 }

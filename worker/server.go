@@ -102,9 +102,6 @@ func (f *frontend) serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		if f.pacer != nil {
-			f.pacer.accepted()
-		}
 		if f.maxConns > 0 && f.open.Load() >= int64(f.maxConns) {
 			// Over the limit: a short answer, never a silent close.
 			c.SetWriteDeadline(time.Now().Add(time.Second))

@@ -3,9 +3,12 @@ package main
 import (
 	"net/http"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
 )
 
 // The workers count their client connections on the board the manager
@@ -47,4 +50,46 @@ func TestWorkersCountTheirConnectionsOnTheBoard(t *testing.T) {
 	if got := slots(); got != [2]int64{0, before[1]} && got != [2]int64{before[0], 0} {
 		t.Errorf("weldr_worker_connections after a worker was replaced = %v, want %v with one slot at 0", got, before)
 	}
+}
+
+// What the manager passes a worker in its environment is checked, and a
+// refusal names the variable or the board.
+func TestOpenBoardSaysWhatIsWrong(t *testing.T) {
+	board, f, err := ipc.NewBoard(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer board.Close()
+	defer f.Close()
+	fd := strconv.Itoa(int(f.Fd()))
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	pipe := strconv.Itoa(p[0])
+	for _, c := range []struct{ fd, seat, want string }{
+		{"five", "0", `WELDR_BOARD_FD="five": not a file descriptor`},
+		{fd, "", `WELDR_BOARD_SEAT="": not a seat number`},
+		{fd, "2", "opening the board: fd " + fd + ": seat 2 of 2 does not exist"},
+		{pipe, "0", "opening the board: fd " + pipe + " is not one (want a sealed memory file)"},
+	} {
+		if b, _, err := openBoard(c.fd, c.seat); err == nil {
+			b.Close()
+			t.Errorf("openBoard(%q, %q) = nil error, want %q", c.fd, c.seat, c.want)
+		} else if err.Error() != c.want {
+			t.Errorf("openBoard(%q, %q) = %q, want %q", c.fd, c.seat, err, c.want)
+		}
+	}
+	dup, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, seat, err := openBoard(strconv.Itoa(dup), "1") // closes dup
+	if err != nil || seat != 1 {
+		syscall.Close(dup)
+		t.Fatalf("openBoard(a board, seat 1) = %d, %v", seat, err)
+	}
+	b.Close()
 }

@@ -113,17 +113,10 @@ func runWorker() int {
 	// The board where the workers count their connections, if it passed one.
 	sh := worker.Shared{Bell: bell}
 	if s := os.Getenv(ipc.BoardEnv); s != "" {
-		fd, err := strconv.Atoi(s)
-		var seat int
-		if err == nil {
-			seat, err = strconv.Atoi(os.Getenv(ipc.BoardSeatEnv))
-		}
-		if err == nil {
-			sh.Board, err = ipc.OpenBoard(fd, seat)
-			sh.Seat = seat
-		}
+		var err error
+		sh.Board, sh.Seat, err = openBoard(s, os.Getenv(ipc.BoardSeatEnv))
 		if err != nil {
-			log.Warn("worker: no board: this worker may take more than its share of connections that arrive at once", ipc.BoardEnv, s, ipc.BoardSeatEnv, os.Getenv(ipc.BoardSeatEnv), "error", err)
+			log.Warn("worker: no board: this worker may take more than its share of connections that arrive at once", "error", err)
 		}
 	}
 	if err := worker.Run(ctx, ln, conn, sh, os.Stderr); err != nil && !errors.Is(err, context.Canceled) {
@@ -131,4 +124,19 @@ func runWorker() int {
 		return 1
 	}
 	return 0
+}
+
+// openBoard opens the board whose file descriptor and seat the manager
+// passed in the environment as fd and seat.
+func openBoard(fd, seat string) (*ipc.Board, int, error) {
+	f, err := strconv.Atoi(fd)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s=%q: not a file descriptor", ipc.BoardEnv, fd)
+	}
+	n, err := strconv.Atoi(seat)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s=%q: not a seat number", ipc.BoardSeatEnv, seat)
+	}
+	b, err := ipc.OpenBoard(f, n)
+	return b, n, err
 }
