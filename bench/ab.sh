@@ -2,12 +2,13 @@
 # A/B of weldr builds on small requests: wrk -t2 -c$CONNS through each
 # build in turn, PAIRS times, alternating, and for each run requests/s,
 # p99 and the CPU of weldr's process tree per request, split into user and
-# kernel time (from /proc, 10 ms ticks). Medians at the end. The harness
+# kernel time (from /proc, 10 ms ticks), and the client connections each
+# worker holds halfway through (from ss). Medians at the end. The harness
 # (bench/compare.sh) compares weldr with other proxies; this compares
 # weldr with itself, where the user-space share moves more clearly than
 # the total on a noisy machine.
 #
-#   ./bench/ab.sh /tmp/weldr-old /tmp/weldr-new     # PAIRS=6 DURATION=6 CONNS=64
+#   ./bench/ab.sh /tmp/weldr-old /tmp/weldr-new     # PAIRS=6 DURATION=6 CONNS=64 CLOSE=
 #
 # Builds: go build -o /tmp/weldr-new ./cmd/weldr (and from a worktree of
 # the other commit). The backend is ../shared/bench's. Ports 29301-29303
@@ -18,6 +19,8 @@ repo=$(dirname "$here")
 shared=${SHARED_BENCH:-$repo/../shared/bench}
 export PATH=$PATH:/usr/local/go/bin
 PAIRS=${PAIRS:-6} DURATION=${DURATION:-6} CONNS=${CONNS:-64}
+# CLOSE=1: a connection per request (wrk sends "Connection: close").
+hdr=(); [[ ${CLOSE:-} == 1 ]] && hdr=(-H "Connection: close")
 (($# >= 1)) || { echo "usage: $0 WELDR_BINARY..." >&2; exit 2; }
 names=$(for b in "$@"; do basename "$b"; done)
 [[ $(sort -u <<<"$names" | wc -l) == $# ]] || { echo "the builds' file names must differ: they name the rows" >&2; exit 2; }
@@ -38,26 +41,31 @@ tick_us=$((1000000 / $(getconf CLK_TCK)))
 ticks() { local f=$1 t=0 p; shift; for p in "$@"; do t=$((t + $(awk -v f="$f" '{print $f}' "/proc/$p/stat"))); done; echo "$t"; }
 
 run() {
-  local bin=$1 w tree u0 k0 out
+  local bin=$1 w wp tree u0 k0 split
   PROXY_ADDR=127.0.0.1:29303 BACKEND1=127.0.0.1:29301 BACKEND2=127.0.0.1:29302 \
     WELDR_BIN=$bin WELDR_ADMIN_PORT=29399 "$here/weldr-cmd.sh" >"$work/weldr.log" 2>&1 &
   w=$!
   for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:29303/ && break; sleep 0.1; done
-  wrk -t2 -c"$CONNS" -d2s http://127.0.0.1:29303/ >/dev/null # warm-up
+  wrk -t2 -c"$CONNS" -d2s "${hdr[@]}" http://127.0.0.1:29303/ >/dev/null # warm-up
   tree=("$w" $(pgrep -P "$w"))
   u0=$(ticks 14 "${tree[@]}") k0=$(ticks 15 "${tree[@]}")
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency http://127.0.0.1:29303/)
-  awk -v name="$(basename "$bin")" -v du=$(($(ticks 14 "${tree[@]}") - u0)) -v dk=$(($(ticks 15 "${tree[@]}") - k0)) -v tick="$tick_us" '
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" http://127.0.0.1:29303/ >"$work/wrk.out" &
+  wp=$!
+  # Halfway through, the client connections each worker holds.
+  sleep "$((DURATION / 2))"
+  split=$(for p in "${tree[@]:1}"; do { ss -tnpH state established '( sport = :29303 )' | grep -c "pid=$p,"; } || true; done | paste -sd/)
+  wait "$wp"
+  awk -v name="$(basename "$bin")" -v du=$(($(ticks 14 "${tree[@]}") - u0)) -v dk=$(($(ticks 15 "${tree[@]}") - k0)) -v tick="$tick_us" -v clients="$split" '
     /requests in/ {n = $1} /Requests\/sec/ {rps = $2} $1 == "99%" {p99 = $2}
-    END {printf "%s\t%.0f\t%s\t%.2f\t%.2f\t%.2f\n", name, rps, p99, (du + dk) * tick / n, du * tick / n, dk * tick / n}' <<<"$out"
+    END {printf "%s\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%s\n", name, rps, p99, (du + dk) * tick / n, du * tick / n, dk * tick / n, clients}' "$work/wrk.out"
   stop "$w"
 }
 
-printf 'build\treq/s\tp99\tcpu_us/req\tuser_us/req\tkernel_us/req\n' | tee "$work/runs.tsv"
+printf 'build\treq/s\tp99\tcpu_us/req\tuser_us/req\tkernel_us/req\tclients_per_worker\n' | tee "$work/runs.tsv"
 for _ in $(seq "$PAIRS"); do
   for bin in "$@"; do run "$bin" | tee -a "$work/runs.tsv"; done
 done
-echo "medians of $PAIRS runs each (wrk -t2 -c$CONNS -d${DURATION}s):"
+echo "medians of $PAIRS runs each (wrk -t2 -c$CONNS -d${DURATION}s ${hdr[*]}):"
 for bin in "$@"; do
   awk -F'\t' -v name="$(basename "$bin")" '
     function median(a, n,   i, j, t) {for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) {t = a[j]; a[j] = a[j-1]; a[j-1] = t}
