@@ -71,31 +71,41 @@ func TestWorkersBellsRingWithEachChange(t *testing.T) {
 
 // bellOf reads the word in worker pid's mapping of its bell.
 func bellOf(pid int) (uint64, error) {
-	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	w, err := mappedBytes(pid, "weldr-bell", 8)
 	if err != nil {
 		return 0, err
 	}
+	return binary.NativeEndian.Uint64(w), nil
+}
+
+// mappedBytes reads the first n bytes of process pid's mapping of the
+// memory file named name.
+func mappedBytes(pid int, name string, n int) ([]byte, error) {
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
 	for _, line := range strings.Split(string(maps), "\n") {
-		if !strings.HasSuffix(line, "/memfd:weldr-bell (deleted)") {
+		if !strings.HasSuffix(line, "/memfd:"+name+" (deleted)") {
 			continue
 		}
 		start, _, _ := strings.Cut(line, "-")
 		addr, err := strconv.ParseInt(start, 16, 64)
 		if err != nil {
-			return 0, fmt.Errorf("maps line %q: %w", line, err)
+			return nil, fmt.Errorf("maps line %q: %w", line, err)
 		}
 		mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		defer mem.Close()
-		var w [8]byte
-		if _, err := mem.ReadAt(w[:], addr); err != nil {
-			return 0, err
+		b := make([]byte, n)
+		if _, err := mem.ReadAt(b, addr); err != nil {
+			return nil, err
 		}
-		return binary.NativeEndian.Uint64(w[:]), nil
+		return b, nil
 	}
-	return 0, errors.New("no bell mapped")
+	return nil, fmt.Errorf("no %s mapped", name)
 }
 
 // A worker that was not running when a change came routes by it from its

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"encoding/binary"
+	"errors"
+	"io/fs"
 	"net/http"
 	"slices"
 	"strconv"
@@ -12,8 +15,9 @@ import (
 )
 
 // The workers count their client connections on the board the manager
-// shares with them, which /metrics shows by slot; a slot whose worker
-// died counts nothing until its replacement accepts.
+// shares with them, which /metrics shows by slot. A worker's seat is taken
+// while it serves; once it dies the seat is left, and counts nothing, until
+// its replacement is ready.
 func TestWorkersCountTheirConnectionsOnTheBoard(t *testing.T) {
 	d := start(t, options{workers: 2})
 	d.register(t, backend(t, "a").URL)
@@ -36,6 +40,23 @@ func TestWorkersCountTheirConnectionsOnTheBoard(t *testing.T) {
 	}
 	t.Logf("%d connections opened one after another: %v by slot", n, before)
 
+	// The seats' first words, in the manager's mapping of the board: 1
+	// while taken.
+	taken := func() [2]uint64 {
+		t.Helper()
+		b, err := mappedBytes(d.pid(t), "weldr-board", 2*64)
+		if errors.Is(err, fs.ErrPermission) {
+			t.Skipf("cannot read the manager's memory here: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return [2]uint64{binary.NativeEndian.Uint64(b), binary.NativeEndian.Uint64(b[64:])}
+	}
+	if got := taken(); got != [2]uint64{1, 1} {
+		t.Fatalf("seats taken = %v with both workers ready, want [1 1]", got)
+	}
+
 	workers := children(d.pid(t))
 	if len(workers) != 2 {
 		t.Fatalf("weldr runs %d workers, want 2", len(workers))
@@ -43,10 +64,18 @@ func TestWorkersCountTheirConnectionsOnTheBoard(t *testing.T) {
 	if err := syscall.Kill(workers[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// Its replacement starts after at least 100 ms: the seat is seen left.
+	waitFor(t, 10*time.Second, "the killed worker's seat to be left", func() bool {
+		got := taken()
+		return got[0] == 0 || got[1] == 0
+	})
 	waitFor(t, 10*time.Second, "a replacement worker", func() bool {
 		now := children(d.pid(t))
 		return len(now) == 2 && !slices.Contains(now, workers[0]) && d.metric(t, "weldr_workers_ready") == 2
 	})
+	if got := taken(); got != [2]uint64{1, 1} {
+		t.Errorf("seats taken = %v once the replacement is ready, want [1 1]", got)
+	}
 	if got := slots(); got != [2]int64{0, before[1]} && got != [2]int64{before[0], 0} {
 		t.Errorf("weldr_worker_connections after a worker was replaced = %v, want %v with one slot at 0", got, before)
 	}
