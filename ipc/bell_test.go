@@ -47,14 +47,7 @@ func TestOpenBellRefusesOtherFiles(t *testing.T) {
 	}
 	defer unix.Close(p[0])
 	defer unix.Close(p[1])
-	unsealed, err := unix.MemfdCreate("not-a-bell", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(unsealed)
-	if err := unix.Ftruncate(unsealed, 8); err != nil {
-		t.Fatal(err)
-	}
+	unsealed := unsealedMemfd(t, 8)
 	for name, fd := range map[string]int{
 		"a pipe": p[0], "a 4 KiB file": fileOf(t, 4096),
 		// A bell's size, or none as the cgroup files the Go runtime
@@ -93,4 +86,19 @@ func fileOf(t *testing.T, size int) int {
 	}
 	t.Cleanup(func() { f.Close() })
 	return int(f.Fd())
+}
+
+// unsealedMemfd returns a memory file of size bytes without seals, closed
+// when the test ends.
+func unsealedMemfd(t *testing.T, size int) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("not-shared", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }

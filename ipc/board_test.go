@@ -1,11 +1,24 @@
 package ipc
 
 import (
+	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
+
+// newTestBoard is a board of n seats and its file, closed when the test
+// ends.
+func newTestBoard(t *testing.T, n int) (*Board, *os.File) {
+	t.Helper()
+	b, f, err := NewBoard(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); b.Close() })
+	return b, f
+}
 
 // openTheirs opens the worker's mapping of the manager's board file, in
 // seat, as a worker process would.
@@ -28,12 +41,7 @@ func openTheirs(t *testing.T, fd, seat int) *Board {
 // read through their own mappings; a seat counts only while taken, and
 // leaving clears it for the next worker.
 func TestBoardSharesSeats(t *testing.T) {
-	ours, f, err := NewBoard(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ours.Close()
-	defer f.Close()
+	ours, f := newTestBoard(t, 3)
 	w0, w1, w2 := openTheirs(t, int(f.Fd()), 0), openTheirs(t, int(f.Fd()), 1), openTheirs(t, int(f.Fd()), 2)
 
 	w1.Seat(1).Open.Store(7)
@@ -84,26 +92,14 @@ func TestNewBoardSeats(t *testing.T) {
 // Anything but a board, or a seat it does not have, is refused and the
 // descriptor left open.
 func TestOpenBoardRefusesOtherFiles(t *testing.T) {
-	board, f, err := NewBoard(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer board.Close()
-	defer f.Close()
+	_, f := newTestBoard(t, 2)
 	bell, bellFile, err := NewBell()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer bell.Close()
 	defer bellFile.Close()
-	unsealed, err := unix.MemfdCreate("not-a-board", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(unsealed)
-	if err := unix.Ftruncate(unsealed, 64); err != nil {
-		t.Fatal(err)
-	}
+	unsealed := unsealedMemfd(t, 64)
 	for _, c := range []struct {
 		name     string
 		fd, seat int

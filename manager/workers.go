@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -206,14 +207,17 @@ func (m *Manager) runWorker(slot int) error {
 	return errors.New("worker exited")
 }
 
-// workerEnv is the manager's environment without tableflip's variables (a
-// worker is not a new generation and must not act as one), a bell's or a
-// board's.
+// notForWorkers prefixes the manager's environment variables that a worker
+// must not inherit: tableflip's (a worker is not a new generation and must
+// not act as one), and those that name a bell or a board, which the
+// manager sets for each worker.
+var notForWorkers = []string{"TABLEFLIP_", ipc.BellEnv + "=", ipc.BoardEnv + "=", ipc.BoardSeatEnv + "="}
+
+// workerEnv is the manager's environment without notForWorkers.
 func workerEnv(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, "TABLEFLIP_") && !strings.HasPrefix(kv, ipc.BellEnv+"=") &&
-			!strings.HasPrefix(kv, ipc.BoardEnv+"=") && !strings.HasPrefix(kv, ipc.BoardSeatEnv+"=") {
+		if !slices.ContainsFunc(notForWorkers, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			out = append(out, kv)
 		}
 	}

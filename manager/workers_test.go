@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -262,5 +263,16 @@ func TestAQueuedChangeRungWakesItsWaiters(t *testing.T) {
 	m.waitInForce(ended, v)
 	if h := m.metrics.applyDuration; h.n != 1 {
 		t.Errorf("the change is not in force once rung: the API's wait observed %d times, want 1", h.n)
+	}
+}
+
+// A worker inherits neither tableflip's variables nor a bell or board the
+// manager was itself given; everything else passes.
+func TestWorkerEnvDropsTheManagersOwn(t *testing.T) {
+	env := []string{"PATH=/bin", "TABLEFLIP_HAS_PARENT_7f=1", "WELDR_BELL_FD=5", "WELDR_BOARD_FD=6",
+		"WELDR_BOARD_SEAT=0", "WELDR_BOARD_FDX=keep", "WELDR_ADMIN_TOKEN=x"}
+	got := workerEnv(env)
+	if want := []string{"PATH=/bin", "WELDR_BOARD_FDX=keep", "WELDR_ADMIN_TOKEN=x"}; !slices.Equal(got, want) {
+		t.Errorf("workerEnv(%q) = %q, want %q", env, got, want)
 	}
 }

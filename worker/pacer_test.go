@@ -33,6 +33,18 @@ func TestExcess(t *testing.T) {
 	}
 }
 
+// twoSeats is a board of two seats, unmapped when the test ends.
+func twoSeats(t *testing.T) *ipc.Board {
+	t.Helper()
+	board, f, err := ipc.NewBoard(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { board.Close() })
+	return board
+}
+
 // testPacer is a pacer in seat 0 of a board of two seats, both taken, on
 // a clock of its own that each sleep moves on, after calling during.
 type testPacer struct {
@@ -45,12 +57,7 @@ type testPacer struct {
 
 func newTestPacer(t *testing.T) *testPacer {
 	t.Helper()
-	board, f, err := ipc.NewBoard(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	t.Cleanup(func() { board.Close() })
+	board := twoSeats(t)
 	board.Sit(0)
 	board.Sit(1)
 	tp := &testPacer{acceptPacer: newAcceptPacer(board, 0), other: board.Seat(1)}
@@ -193,13 +200,8 @@ func TestPacerStopsWaitingWhenTold(t *testing.T) {
 // when it drains; one whose only other worker never accepts serves every
 // connection all the same.
 func TestWorkerBesideAWorkerThatNeverAccepts(t *testing.T) {
-	board, f, err := ipc.NewBoard(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	t.Cleanup(func() { board.Close() }) // after the worker's cleanup: registered before it
-	board.Sit(1)                        // a worker that is stopped, holding nothing
+	board := twoSeats(t) // unmapped after the worker's cleanup: registered before it
+	board.Sit(1)         // a worker that is stopped, holding nothing
 	h := startWorkerSharing(t, sharing{bell: true, board: board, seat: 0}, testSettings(), named(t, "a"))
 	board.Sit(0)
 	mine := board.Seat(0)
