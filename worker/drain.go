@@ -14,8 +14,11 @@ const idleGrace = time.Second
 // drain stops the worker gracefully within timeout: it stops accepting (the
 // listening socket stays open in the manager and the other generation),
 // answers the next request on every connection with "Connection: close",
-// closes connections that stay idle past idleGrace, lets requests in flight
-// and tunnels finish, and closes whatever is left at the deadline.
+// lets requests in flight and tunnels finish, closes connections that stay
+// idle for idleGrace after the drain began (checking every sweepEvery), and
+// closes whatever is left at the deadline. A connection whose answer began
+// before the drain was kept alive by it: it goes idle when its body is
+// through, and is closed once idle for idleGrace too.
 func (w *worker) drain(fe *frontend, ln net.Listener, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	w.draining.Store(true)
@@ -24,15 +27,25 @@ func (w *worker) drain(fe *frontend, ln net.Listener, timeout time.Duration) {
 	}
 	ln.Close()
 	fe.waitZero(min(idleGrace, timeout))
-	fe.closeConns(true)
-	fe.waitZero(time.Until(deadline))
+	for fe.open.Load() > 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		fe.closeIdle(time.Now().Add(-idleGrace))
+		fe.waitZero(min(sweepEvery, left))
+	}
 	if fe.open.Load() > 0 {
 		w.log.Warn("drain timed out, closing connections", "timeout", timeout, "open", fe.open.Load())
 	}
-	fe.closeConns(false)
+	fe.closeAll()
 	fe.done.Wait()
 	fe.up.closeAll(w)
 }
+
+// sweepEvery is how often a draining worker looks for connections idle
+// for idleGrace.
+const sweepEvery = idleGrace / 4
 
 // waitZero waits until no client connection is open, or for d.
 func (f *frontend) waitZero(d time.Duration) {
@@ -50,15 +63,24 @@ func (f *frontend) waitZero(d time.Duration) {
 	}
 }
 
-// closeConns closes the client connections that are idle, or all of them.
+// closeIdle closes the client connections that have waited for a request
+// since before, and closeAll all of them.
+func (f *frontend) closeIdle(before time.Time) {
+	f.closeConns(max(1, int64(before.Sub(f.epoch))))
+}
+
+func (f *frontend) closeAll() { f.closeConns(0) }
+
+// closeConns closes the client connections idle since idleBy (in
+// f.epoch's nanoseconds) or earlier, or all of them if idleBy is 0.
 // A Close waits while the connection's serveReady callback runs (a request
 // under way, or one that came just as the connection was seen idle), so
 // each runs on its own, outside the lock: none holds up the others.
-func (f *frontend) closeConns(idleOnly bool) {
+func (f *frontend) closeConns(idleBy int64) {
 	f.mu.Lock()
 	var cs []net.Conn
 	for cc := range f.conns {
-		if !idleOnly || cc.idle.Load() {
+		if since := cc.idleSince.Load(); idleBy == 0 || since != 0 && since <= idleBy {
 			cs = append(cs, cc.c)
 		}
 	}

@@ -1142,6 +1142,63 @@ func TestDrainAnswersKeptAliveConnection(t *testing.T) {
 	h.mustReturn(t)
 }
 
+// A connection whose answer began before the drain was kept alive by it,
+// and goes idle only once its body is through. The drain closes it once it
+// has been idle for idleGrace, not at the drain's deadline: a download
+// under way at a reload does not hold the old worker for the whole drain
+// timeout.
+func TestDrainClosesAConnectionThatGoesIdleLater(t *testing.T) {
+	release := make(chan struct{})
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "first")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "-last")
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	h := startWorker(t, testSettings(), s)
+
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(res.Body, first); err != nil {
+		t.Fatalf("first part of the body: %v", err)
+	}
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Minute})
+	h.waitListenerClosed(t)
+	// Past the drain's first sweep of idle connections, which finds this
+	// one busy.
+	time.Sleep(idleGrace + idleGrace/2)
+	close(release)
+	rest, err := io.ReadAll(res.Body)
+	if err != nil || string(first)+string(rest) != "first-last" {
+		t.Fatalf("body = %q, %v; want \"first-last\"", string(first)+string(rest), err)
+	}
+	if res.Close {
+		t.Fatal("the answer begun before the drain says Connection: close; this test needs one kept alive")
+	}
+	// waitLimit is far inside the drain's minute.
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("read on the connection idle after its answer = %v, want EOF: the drain should close it after idleGrace", err)
+	}
+	h.mustReturn(t)
+}
+
 func TestRejectsAmbiguousRequests(t *testing.T) {
 	echo, hits := echoOrigin(t)
 	h := startWorker(t, testSettings(), echo)

@@ -44,6 +44,7 @@ type frontend struct {
 	pacer   *acceptPacer   // nil without a board
 	done    sync.WaitGroup // one per connection goroutine
 	zero    chan struct{}  // signalled when open drops to zero while draining
+	epoch   time.Time      // when the front end began: idle times count from it
 }
 
 func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
@@ -58,6 +59,7 @@ func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
 		hold:              pipelineHold,
 		conns:             make(map[*clientConn]struct{}),
 		zero:              make(chan struct{}, 1),
+		epoch:             time.Now(),
 	}
 	f.open = &f.ownOpen
 	if sh.Board != nil {
@@ -128,11 +130,14 @@ type clientConn struct {
 	remote string        // RemoteAddr, kept for logs and X-Forwarded-For
 	ip     string
 
-	br   *bufio.Reader // nil while idle
-	bw   *bufio.Writer // nil while idle
-	req  message
-	res  message
-	idle atomic.Bool // waiting for a request: a drain may close it
+	br  *bufio.Reader // nil while idle
+	bw  *bufio.Writer // nil while idle
+	req message
+	res message
+	// idleSince is when the connection began to wait for a request, in
+	// nanoseconds since f.epoch; 0 while it does not wait. A drain closes
+	// connections idle long enough.
+	idleSince atomic.Int64
 
 	ready   int // what serveReady leaves to serve
 	readyFn func(fd uintptr) bool
@@ -275,8 +280,9 @@ func (cc *clientConn) serve() {
 			}
 			// readyPartial: the rest of the head is read below.
 		} else if cc.br == nil || cc.br.Buffered() == 0 {
-			cc.idle.Store(true)
-			cc.sio.setReadDeadline(time.Now().Add(f.idleTimeout))
+			now := time.Now()
+			cc.markIdle(now)
+			cc.sio.setReadDeadline(now.Add(f.idleTimeout))
 			var err error
 			if f.open.Load() > lightLoad {
 				// Many connections: hold no buffer while waiting.
@@ -288,7 +294,7 @@ func (cc *clientConn) serve() {
 				cc.acquire()
 				_, err = cc.br.Peek(1)
 			}
-			cc.idle.Store(false)
+			cc.markBusy()
 			if err != nil {
 				return
 			}
@@ -367,8 +373,8 @@ const (
 func (cc *clientConn) serveReady() int {
 	cc.ready = readyEnd // until the callback leaves otherwise
 	if cc.br == nil || cc.br.Buffered() == 0 {
-		cc.idle.Store(true)
 		cc.idleFrom = time.Now()
+		cc.markIdle(cc.idleFrom)
 		cc.extendIdleDeadline()
 	}
 	// An error (idle timeout, closed) ends the connection, but for the
@@ -377,14 +383,14 @@ func (cc *clientConn) serveReady() int {
 	for err != nil && cc.sio.rearm(err) {
 		err = cc.sio.Raw.Read(cc.readyFn)
 	}
-	cc.idle.Store(false)
+	cc.markBusy()
 	return cc.ready
 }
 
 // doReady is serveReady's callback: true ends the call with cc.ready set,
 // false waits for the client's next bytes.
 func (cc *clientConn) doReady(fd uintptr) bool {
-	cc.idle.Store(false)
+	cc.markBusy()
 	cc.acquire()
 	cc.sio.inPoll, cc.sio.fd = true, fd
 	emptied := false // by a read since the poller's readiness was taken
@@ -435,9 +441,17 @@ func (cc *clientConn) waitNext() bool {
 	if cc.f.open.Load() > lightLoad {
 		cc.release() // many connections: hold no buffer while waiting
 	}
-	cc.idle.Store(true)
+	cc.markIdle(cc.idleFrom)
 	return false
 }
+
+// markIdle records that the connection waits for a request since t, and
+// markBusy that it does not.
+func (cc *clientConn) markIdle(t time.Time) {
+	cc.idleSince.Store(max(1, int64(t.Sub(cc.f.epoch))))
+}
+
+func (cc *clientConn) markBusy() { cc.idleSince.Store(0) }
 
 // flushHeld sends the answers held back for pipelined requests, if any
 // (see relayResponse). Its error sticks in bw: callers that go on anyway
