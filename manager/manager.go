@@ -210,8 +210,9 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		supervisors.Add(1)
 		go func() { defer supervisors.Done(); m.workerSupervisor(slot) }()
 	}
+	upgraded := false // a new generation has the socket; otherwise it is shut down
 	defer func() {
-		m.drainWorkers(&supervisors)
+		m.drainWorkers(&supervisors, !upgraded)
 	}()
 
 	if err := m.waitReady(ctx, m.workersCount, readyTimeout); err != nil {
@@ -256,6 +257,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	case <-ctx.Done():
 		m.log.Info("stopping", "reason", context.Cause(ctx))
 	case <-upg.Exit():
+		upgraded = true
 		m.log.Info("new generation is ready, draining this one")
 	case err := <-adminDone:
 		adminDone <- err
@@ -444,13 +446,17 @@ func (m *Manager) drainMessage() *ipc.Message {
 
 // drainWorkers asks every worker to drain, waits for all of them to exit
 // within the drain timeout (plus a grace for their last stats), and kills
-// what is left.
-func (m *Manager) drainWorkers(supervisors *sync.WaitGroup) {
+// what is left. If final (weldr stops, rather than hand over to a new
+// generation) it then refuses new connections (refuseConnections).
+func (m *Manager) drainWorkers(supervisors *sync.WaitGroup, final bool) {
 	drain := time.Duration(m.cfg.Lifecycle.DrainTimeout)
 	m.mu.Lock()
 	m.stopOnce.Do(func() { close(m.stopping) })
 	m.broadcast([]*ipc.Message{m.drainMessage()})
 	m.mu.Unlock()
+	if final {
+		m.refuseConnections()
+	}
 
 	done := make(chan struct{})
 	go func() { supervisors.Wait(); close(done) }()

@@ -50,6 +50,21 @@ func setNotsentLowat(c syscall.Conn, n int) error {
 	})
 }
 
+// refuseConnections shuts the proxy's listening socket down when weldr
+// stops for good, once its workers were told to drain: new connections are
+// refused at once rather than queued unanswered until the drain timeout,
+// and workers still in accept get EINVAL. (Closing the manager's copies
+// would not do: the socket lives until its last descriptor, a worker's,
+// is closed.) Not on an upgrade: the socket is the new generation's.
+func (m *Manager) refuseConnections() {
+	err := withFD(m.proxyFile, func(fd int) error {
+		return os.NewSyscallError("shutdown", unix.Shutdown(fd, unix.SHUT_RD))
+	})
+	if err != nil {
+		m.log.Warn("the proxy's socket stays open while the workers drain; new connections wait unanswered", "error", err)
+	}
+}
+
 // withFD calls f with c's descriptor and returns what either failed with.
 func withFD(c syscall.Conn, f func(fd int) error) error {
 	rc, err := c.SyscallConn()

@@ -90,7 +90,9 @@ func (f *frontend) serve(ln net.Listener) error {
 		}
 		c, err := ln.Accept()
 		if err != nil {
-			if f.w.draining.Load() || errors.Is(err, net.ErrClosed) {
+			if f.w.draining.Load() || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EINVAL) {
+				// EINVAL: the manager shut the socket down as weldr
+				// stops (its Drain message follows, if not here yet).
 				return nil
 			}
 			var ne net.Error

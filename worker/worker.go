@@ -121,19 +121,31 @@ func Run(ctx context.Context, ln net.Listener, conn net.Conn, sh Shared, logOut 
 
 	drain := set.DrainTimeout
 	err = nil
-	select {
-	case <-ctx.Done():
-		w.log.Info("worker stopping", "reason", context.Cause(ctx))
-	case serr := <-serveErr:
-		serveErr <- serr
-		err = fmt.Errorf("serving: %w", serr)
-	case d := <-updated:
-		updated <- d
-		drain = d.timeout
-		if d.err != nil && !errors.Is(d.err, io.EOF) {
-			w.log.Error("pool updates failed, draining", "error", d.err)
-		} else if d.err != nil {
-			w.log.Info("manager went away, draining")
+	accepting := serveErr // nil once serve has ended without an error
+	for waiting := true; waiting; {
+		select {
+		case <-ctx.Done():
+			w.log.Info("worker stopping", "reason", context.Cause(ctx))
+			waiting = false
+		case serr := <-accepting:
+			serveErr <- serr
+			if serr == nil {
+				// The socket was shut down: weldr stops, and the manager's
+				// Drain message is on its way.
+				accepting = nil
+				continue
+			}
+			err = fmt.Errorf("serving: %w", serr)
+			waiting = false
+		case d := <-updated:
+			updated <- d
+			drain = d.timeout
+			if d.err != nil && !errors.Is(d.err, io.EOF) {
+				w.log.Error("pool updates failed, draining", "error", d.err)
+			} else if d.err != nil {
+				w.log.Info("manager went away, draining")
+			}
+			waiting = false
 		}
 	}
 

@@ -90,6 +90,7 @@ func (sb *syncBuffer) String() string {
 type harness struct {
 	url    string // http://127.0.0.1:port, the proxy
 	addr   string // 127.0.0.1:port
+	ln     net.Listener
 	mgr    *ipc.Conn
 	pipe   *net.UnixConn // the manager's end of the socketpair
 	bell   *ipc.Bell     // the manager's side of the worker's bell
@@ -174,6 +175,7 @@ func launchWorkerSharing(t *testing.T, sh sharing) *harness {
 	h := &harness{
 		url:        "http://" + ln.Addr().String(),
 		addr:       ln.Addr().String(),
+		ln:         ln,
 		mgr:        ipc.NewConn(mgr),
 		pipe:       mgr,
 		bell:       bell,
@@ -870,6 +872,35 @@ func waitResult(t *testing.T, ch <-chan result) result {
 		t.Fatalf("no response within %v", waitLimit)
 		return result{}
 	}
+}
+
+// When weldr stops for good the manager shuts the listening socket down
+// before the workers' Drain messages arrive (manager.refuseConnections). A
+// worker whose accept fails so goes on serving what it has and waits for
+// its Drain, rather than failing.
+func TestWorkerWaitsForItsDrainAfterTheSocketIsShutDown(t *testing.T) {
+	so := newSlowOrigin(t, "a")
+	h := startWorker(t, testSettings(), so.server)
+	slow := h.getAsync("/slow")
+	so.waitArrived(t)
+	rc, err := h.ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		if err := unix.Shutdown(int(fd), unix.SHUT_RD); err != nil {
+			t.Fatalf("shutdown of the listening socket: %v", err)
+		}
+	})
+	if ok, err := h.waitRun(300 * time.Millisecond); ok {
+		t.Fatalf("Run returned %v when the listening socket was shut down; want it to wait for its Drain", err)
+	}
+	so.free()
+	if r := waitResult(t, slow); r.err != nil || r.code != http.StatusOK {
+		t.Errorf("GET /slow under way = %d, %v; want 200", r.code, r.err)
+	}
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Second})
+	h.mustReturn(t)
 }
 
 func TestDrainFinishesInFlightRequest(t *testing.T) {

@@ -54,6 +54,9 @@ type options struct {
 	workers int    // 0: 2
 	state   string // state.file; "" keeps the pool in memory
 	extra   string // appended to the config; lines before a table header land in [log]
+	// long sets the drain and response header timeouts to a minute (5 s
+	// otherwise), for tests that hold a request across a stop.
+	long bool
 }
 
 // startWeldr runs the binary with a loopback-only config and waits until all
@@ -69,6 +72,10 @@ func start(t *testing.T, o options) *daemon {
 	if o.workers == 0 {
 		o.workers = 2
 	}
+	timeout := "5s"
+	if o.long {
+		timeout = "1m"
+	}
 	dir := t.TempDir()
 	pp, ap := weldrtest.FreePort(t), weldrtest.FreePort(t)
 	d := &daemon{
@@ -83,17 +90,17 @@ func start(t *testing.T, o options) *daemon {
 listen = "127.0.0.1:%d"
 workers = %d
 connect_timeout = "500ms"
-response_header_timeout = "5s"
+response_header_timeout = %q
 [admin]
 listen = "127.0.0.1:%d"
 [state]
 file = %q
 [lifecycle]
-drain_timeout = "5s"
+drain_timeout = %q
 pid_file = %q
 [log]
 level = "debug"
-%s`, pp, o.workers, ap, o.state, d.pidFile, o.extra))
+%s`, pp, o.workers, timeout, ap, o.state, timeout, d.pidFile, o.extra))
 	out, err := os.Create(string(d.log))
 	if err != nil {
 		t.Fatal(err)

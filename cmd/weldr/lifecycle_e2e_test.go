@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -145,6 +147,63 @@ func TestSIGTERMFinishesInFlightRequest(t *testing.T) {
 		if alive(w) {
 			t.Errorf("worker %d still running after the manager exited", w)
 		}
+	}
+}
+
+// A stopping weldr refuses new connections at once, while its workers finish
+// the requests under way. Left listening, the socket would queue them
+// unanswered until the drain timeout and then reset them.
+func TestSIGTERMRefusesNewConnections(t *testing.T) {
+	d := start(t, options{long: true})
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, "done")
+	})
+	d.register(t, slow)
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	got := make(chan error, 1)
+	go func() {
+		res, err := http.Get(d.proxy + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(res.Body)
+			res.Body.Close()
+		}
+		got <- err
+	}()
+	<-arrived
+	syscall.Kill(d.pid(t), syscall.SIGTERM)
+	// Far inside the drain's minute.
+	waitFor(t, 10*time.Second, "new connections to the proxy to be refused", func() bool {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(d.proxy, "http://"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	})
+	close(release)
+	if err := <-got; err != nil {
+		t.Errorf("request under way across SIGTERM: %v, want its answer", err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("weldr did not exit within 15s of SIGTERM")
+	}
+	if d.exitCode != 0 {
+		t.Errorf("weldr exited with %d after SIGTERM, want 0", d.exitCode)
+	}
+	if strings.Contains(d.log.String(), "level=ERROR") {
+		t.Errorf("the stop logged errors:\n%s", d.log)
 	}
 }
 
