@@ -38,6 +38,7 @@ func (cc *clientConn) forward() bool {
 	f, w, req := cc.f, cc.f.w, &cc.req
 	start := time.Now()
 	cc.idleFrom = time.Time{} // until an answer says when it ended
+	cc.fresh = false
 
 	path, host := requestTarget(req)
 	hasBody := req.chunked || req.contentLength > 0

@@ -1412,6 +1412,33 @@ func TestSlowBodyOutlastsIdleTimeout(t *testing.T) {
 	h.finish(t)
 }
 
+// A connection that has sent nothing yet waits under the read header
+// timeout, as nginx's client_header_timeout: one that never sends holds a
+// slot for that long, not for the idle timeout. Kept alive after a request,
+// it waits for the idle timeout.
+func TestSilentConnectionClosedAfterReadHeaderTimeout(t *testing.T) {
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "a") })
+	set := testSettings()
+	set.ReadHeaderTimeout = 200 * time.Millisecond
+	set.IdleTimeout = time.Minute // past waitLimit
+	h := startWorker(t, set, s)
+
+	silent, br := dialRaw(t, h)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("read on a connection that sent nothing = %v, want EOF after the read header timeout", err)
+	}
+	silent.Close()
+
+	c, br := dialRaw(t, h)
+	for i := range 2 {
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		readAnswer(t, br, fmt.Sprintf("request %d", i+1), "a")
+		if i == 0 {
+			time.Sleep(2 * set.ReadHeaderTimeout) // idle, past the read header timeout
+		}
+	}
+}
+
 // After refused connections a request tries each server that is up once,
 // removed servers still listed (not yet compacted) included in none.
 func TestRetriesTryEachLiveServerOnce(t *testing.T) {

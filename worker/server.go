@@ -145,9 +145,10 @@ type clientConn struct {
 	readyFn func(fd uintptr) bool
 
 	// idleFrom is when the connection last began to wait for a request:
-	// its idle deadline is idleFrom plus the idle timeout. Zero while a
-	// request is under way until forward's answer sets it.
+	// its idle deadline is idleFrom plus the idle timeout (waitLimit).
+	// Zero while a request is under way until forward's answer sets it.
 	idleFrom time.Time
+	fresh    bool // no request yet
 }
 
 func (f *frontend) newConn(c net.Conn) *clientConn {
@@ -161,6 +162,7 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 	}
 	cc.rw = newReadWriter(c, &cc.sio)
 	cc.readyFn = cc.doReady
+	cc.fresh = true
 	f.open.Add(1)
 	f.mu.Lock()
 	f.conns[cc] = struct{}{}
@@ -171,7 +173,18 @@ func (f *frontend) newConn(c net.Conn) *clientConn {
 // extendIdleDeadline sets the idle deadline from cc.idleFrom, lazily (see
 // sockIO.extendReadDeadline): a busy connection moves it on every request.
 func (cc *clientConn) extendIdleDeadline() {
-	cc.sio.extendReadDeadline(cc.idleFrom.Add(cc.f.idleTimeout))
+	cc.sio.extendReadDeadline(cc.idleFrom.Add(cc.waitLimit()))
+}
+
+// waitLimit is how long the connection may wait for its next request: the
+// idle timeout, or for the first request the read header timeout if
+// shorter, as nginx's client_header_timeout (a client that connects and
+// sends nothing holds a slot no longer than one that sends a head slowly).
+func (cc *clientConn) waitLimit() time.Duration {
+	if cc.fresh {
+		return min(cc.f.readHeaderTimeout, cc.f.idleTimeout)
+	}
+	return cc.f.idleTimeout
 }
 
 func (cc *clientConn) close() {
@@ -284,7 +297,7 @@ func (cc *clientConn) serve() {
 		} else if cc.br == nil || cc.br.Buffered() == 0 {
 			now := time.Now()
 			cc.markIdle(now)
-			cc.sio.setReadDeadline(now.Add(f.idleTimeout))
+			cc.sio.setReadDeadline(now.Add(cc.waitLimit()))
 			var err error
 			if f.open.Load() > lightLoad {
 				// Many connections: hold no buffer while waiting.
