@@ -62,7 +62,7 @@ func sampleMessages() []Message {
 		{Kind: Ready, PID: 4242, Version: 7, Bell: true},
 		{Kind: Applied, Version: 1 << 40, At: 1 << 50},
 		{Kind: ReportStats, Stats: &Stats{ClientSuccess: 10, ClientFailed: 2,
-			Generated: Generated{BadRequest: 1, BadGateway: 2, ServiceUnavailable: 3, GatewayTimeout: 4},
+			Generated: Generated{BadRequest: 1, RequestTimeout: 5, ContentTooLarge: 6, URITooLong: 7, HeaderFieldsTooLarge: 8, BadGateway: 2, ServiceUnavailable: 3, GatewayTimeout: 4},
 			Servers: ServerStatsList{
 				{ID: "127.0.0.1:9001", Success: 7, Failed: 4, Responses: [5]uint64{1, 5, 0, 1, 1}, ConnectFailed: 1, TimedOut: 1, Broken: 1},
 				{ID: "127.0.0.1:9002", Success: 3},

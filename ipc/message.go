@@ -161,8 +161,9 @@ type Stats struct {
 	// ClientFailed those that got a proxy-generated error or broke off.
 	ClientSuccess uint64 `msgpack:"cs,omitempty"`
 	ClientFailed  uint64 `msgpack:"cf,omitempty"`
-	// Generated counts the answers weldr made itself, by status: 400 for a
-	// broken request body, 502, 503 (no server up) and 504.
+	// Generated counts the answers weldr made itself, by status: 400, 408,
+	// 413, 414 and 431 for requests it refused, 502, 503 (no server up, or
+	// too many connections) and 504.
 	Generated Generated `msgpack:"gen,omitempty"`
 	// Servers holds the per-server deltas that are not zero.
 	Servers ServerStatsList `msgpack:"srv,omitempty"`
@@ -174,10 +175,41 @@ type Stats struct {
 
 // Generated counts weldr's own answers by status.
 type Generated struct {
-	BadRequest         uint64 `msgpack:"400,omitempty"`
-	BadGateway         uint64 `msgpack:"502,omitempty"`
-	ServiceUnavailable uint64 `msgpack:"503,omitempty"`
-	GatewayTimeout     uint64 `msgpack:"504,omitempty"`
+	BadRequest           uint64 `msgpack:"400,omitempty"`
+	RequestTimeout       uint64 `msgpack:"408,omitempty"`
+	ContentTooLarge      uint64 `msgpack:"413,omitempty"`
+	URITooLong           uint64 `msgpack:"414,omitempty"`
+	HeaderFieldsTooLarge uint64 `msgpack:"431,omitempty"`
+	BadGateway           uint64 `msgpack:"502,omitempty"`
+	ServiceUnavailable   uint64 `msgpack:"503,omitempty"`
+	GatewayTimeout       uint64 `msgpack:"504,omitempty"`
+}
+
+// GeneratedStatuses are the statuses Generated counts.
+var GeneratedStatuses = [...]int{400, 408, 413, 414, 431, 502, 503, 504}
+
+// Of returns the count of answers with status code, nil for a status
+// weldr does not make itself.
+func (g *Generated) Of(code int) *uint64 {
+	switch code {
+	case 400:
+		return &g.BadRequest
+	case 408:
+		return &g.RequestTimeout
+	case 413:
+		return &g.ContentTooLarge
+	case 414:
+		return &g.URITooLong
+	case 431:
+		return &g.HeaderFieldsTooLarge
+	case 502:
+		return &g.BadGateway
+	case 503:
+		return &g.ServiceUnavailable
+	case 504:
+		return &g.GatewayTimeout
+	}
+	return nil
 }
 
 // ServerStats are one server's counter deltas. Success counts answers below

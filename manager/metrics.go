@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/weldr-proxy/weldr/ipc"
 )
 
 // metrics are the manager's own measurements; the request counters come
@@ -130,11 +132,8 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	family("weldr_client_requests_total", "counter", "Client requests by result: success (got a backend's answer) or failed (got weldr's error or broke off).")
 	fmt.Fprintf(bw, "weldr_client_requests_total{result=\"success\"} %d\nweldr_client_requests_total{result=\"failed\"} %d\n", client.Success, client.Failed)
 	family("weldr_generated_responses_total", "counter", "Answers weldr made itself, by status.")
-	for _, g := range []struct {
-		code int
-		n    uint64
-	}{{400, gen.BadRequest}, {502, gen.BadGateway}, {503, gen.ServiceUnavailable}, {504, gen.GatewayTimeout}} {
-		fmt.Fprintf(bw, "weldr_generated_responses_total{status=\"%d\"} %d\n", g.code, g.n)
+	for _, code := range ipc.GeneratedStatuses {
+		fmt.Fprintf(bw, "weldr_generated_responses_total{status=\"%d\"} %d\n", code, *gen.Of(code))
 	}
 	family("weldr_requests_routed_behind_total", "counter", "Requests a worker routed by a pool older than the last change the manager had written to it (and rung its bell for). Stays 0.")
 	fmt.Fprintf(bw, "weldr_requests_routed_behind_total %d\n", m.stats.routedBehind())

@@ -42,11 +42,9 @@ func (t *statsTable) add(st *ipc.Stats, known func(id string) bool) {
 	defer t.mu.Unlock()
 	t.client.Success += st.ClientSuccess
 	t.client.Failed += st.ClientFailed
-	g := &t.generated
-	g.BadRequest += st.Generated.BadRequest
-	g.BadGateway += st.Generated.BadGateway
-	g.ServiceUnavailable += st.Generated.ServiceUnavailable
-	g.GatewayTimeout += st.Generated.GatewayTimeout
+	for _, code := range ipc.GeneratedStatuses {
+		*t.generated.Of(code) += *st.Generated.Of(code)
+	}
 	t.behind += st.RoutedBehind
 	for _, s := range st.Servers {
 		t.server.Success += s.Success

@@ -19,6 +19,7 @@ const (
 	msgBadGateway = "bad gateway\n"
 	msgTimeout    = "gateway timeout\n"
 	msgBadRequest = "bad request\n"
+	msgTooLarge   = "request body too large\n"
 )
 
 // How a response body is delimited.
@@ -43,9 +44,7 @@ func (cc *clientConn) forward() bool {
 	path, host := requestTarget(req)
 	hasBody := req.chunked || req.contentLength > 0
 	if f.maxBody > 0 && req.contentLength > f.maxBody {
-		w.stats.clientFailed.Add(1)
-		cc.writeError(http.StatusRequestEntityTooLarge, "request body too large\n")
-		cc.logAccess(start, http.StatusRequestEntityTooLarge, 0, nil)
+		cc.refuse(start, http.StatusRequestEntityTooLarge, msgTooLarge, nil)
 		return false
 	}
 
@@ -354,9 +353,7 @@ func (cc *clientConn) bodyFailed(start time.Time, b *backend, err error) bool {
 	_, fromSrc := errors.AsType[*srcError](err)
 	switch {
 	case errors.Is(err, errBodyTooLarge):
-		cc.f.w.stats.clientFailed.Add(1)
-		cc.writeError(http.StatusRequestEntityTooLarge, "request body too large\n")
-		cc.logAccess(start, http.StatusRequestEntityTooLarge, 0, b)
+		cc.refuse(start, http.StatusRequestEntityTooLarge, msgTooLarge, b)
 		return false
 	case fromSrc:
 		// The client's body was broken (bad chunking, or it hung up): not
@@ -383,17 +380,7 @@ func (cc *clientConn) backendFailed(start time.Time, b *backend, err error) bool
 // body was not read (unread), the connection cannot carry another request.
 func (cc *clientConn) generated(start time.Time, code int, msg string, b *backend, unread bool) bool {
 	w := cc.f.w
-	w.stats.clientFailed.Add(1)
-	switch code {
-	case http.StatusBadRequest:
-		w.stats.badRequest.Add(1)
-	case http.StatusBadGateway:
-		w.stats.badGateway.Add(1)
-	case http.StatusServiceUnavailable:
-		w.stats.unavailable.Add(1)
-	case http.StatusGatewayTimeout:
-		w.stats.gatewayTimeout.Add(1)
-	}
+	w.stats.generated(code)
 	keep := !unread && !cc.req.close && !w.draining.Load()
 	bw := cc.bw
 	writeStatusLine(bw, code, nil)
@@ -644,14 +631,23 @@ func (cc *clientConn) logAccess(start time.Time, status int, n int64, b *backend
 		path = path[:i]
 	}
 	l.LogAttrs(context.Background(), slog.LevelInfo, "access",
-		slog.String("method", string(cc.req.method)),
-		slog.String("path", string(path)),
+		slog.String("method", orDash(cc.req.method)),
+		slog.String("path", orDash(path)),
 		slog.Int("status", status),
 		slog.Int64("bytes", n),
 		slog.Duration("duration", time.Since(start)),
 		slog.String("upstream", upstream),
 		slog.String("client", cc.remote),
 	)
+}
+
+// orDash is b as a string, or "-" if empty: a request refused before its
+// request line was read has no method or path.
+func orDash(b []byte) string {
+	if len(b) == 0 {
+		return "-"
+	}
+	return string(b)
 }
 
 func isTimeout(err error) bool {

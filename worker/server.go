@@ -111,7 +111,7 @@ func (f *frontend) serve(ln net.Listener) error {
 			c.SetWriteDeadline(time.Now().Add(time.Second))
 			c.Write(tooManyConns)
 			c.Close()
-			f.w.stats.unavailable.Add(1)
+			f.w.stats.generated(http.StatusServiceUnavailable)
 			continue
 		}
 		cc := f.newConn(c)
@@ -525,18 +525,23 @@ func (cc *clientConn) requestFailed(err error) {
 	var ne net.Error
 	switch {
 	case errors.As(err, &pe):
-		cc.f.w.stats.clientFailed.Add(1)
-		if pe.status == http.StatusBadRequest {
-			cc.f.w.stats.badRequest.Add(1)
-		}
 		cc.f.w.log.Debug("rejected request", "client", cc.remote, "status", pe.status, "reason", pe.msg)
-		cc.writeError(pe.status, pe.msg+"\n")
+		cc.refuse(time.Now(), pe.status, pe.msg+"\n", nil)
 	case errors.As(err, &ne) && ne.Timeout() && cc.req.headBytes > 0:
-		cc.writeError(http.StatusRequestTimeout, "request header timeout\n")
+		cc.refuse(time.Now(), http.StatusRequestTimeout, "request header timeout\n", nil)
 	case errors.Is(err, io.ErrUnexpectedEOF) && cc.req.headBytes > 0:
-		cc.writeError(http.StatusBadRequest, "incomplete request\n")
+		cc.refuse(time.Now(), http.StatusBadRequest, "incomplete request\n", nil)
 	}
 	// A clean EOF or reset between requests needs no answer.
+}
+
+// refuse answers a request weldr will not forward (read since start, and
+// sent to b if not nil) with code and msg, counts it, logs it, and marks
+// the connection for closing.
+func (cc *clientConn) refuse(start time.Time, code int, msg string, b *backend) {
+	cc.f.w.stats.generated(code)
+	cc.writeError(code, msg)
+	cc.logAccess(start, code, int64(len(msg)), b)
 }
 
 // writeError writes a response weldr makes itself and marks the

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,14 +48,23 @@ type stats struct {
 	clientSuccess atomic.Uint64 // the client got a backend's response
 	clientFailed  atomic.Uint64 // the client got a proxy error or broke off
 
-	// weldr's own answers by status
-	badRequest, badGateway, unavailable, gatewayTimeout atomic.Uint64
+	// weldr's own answers, by status in the order of ipc.GeneratedStatuses
+	gen [len(ipc.GeneratedStatuses)]atomic.Uint64
 
 	// requests routed by a pool older than the bell rang (catchUp)
 	routedBehind atomic.Uint64
 
 	mu      sync.Mutex // guards retired
 	retired []*backend // removed servers whose last counts are not yet reported
+}
+
+// generated counts an answer weldr made itself, for a client request that
+// failed.
+func (st *stats) generated(code int) {
+	st.clientFailed.Add(1)
+	if i := slices.Index(ipc.GeneratedStatuses[:], code); i >= 0 {
+		st.gen[i].Add(1)
+	}
 }
 
 // retire keeps b's counts for the next report after b left the pool, and
@@ -72,13 +82,10 @@ func (st *stats) take(s *snapshot) *ipc.Stats {
 	out := &ipc.Stats{
 		ClientSuccess: st.clientSuccess.Swap(0),
 		ClientFailed:  st.clientFailed.Swap(0),
-		Generated: ipc.Generated{
-			BadRequest:         st.badRequest.Swap(0),
-			BadGateway:         st.badGateway.Swap(0),
-			ServiceUnavailable: st.unavailable.Swap(0),
-			GatewayTimeout:     st.gatewayTimeout.Swap(0),
-		},
-		RoutedBehind: st.routedBehind.Swap(0),
+		RoutedBehind:  st.routedBehind.Swap(0),
+	}
+	for i, code := range ipc.GeneratedStatuses {
+		*out.Generated.Of(code) = st.gen[i].Swap(0)
 	}
 	add := func(b *backend) {
 		c := &b.stats

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -487,6 +488,62 @@ func TestRefusingServerCausesNoClientErrors(t *testing.T) {
 	})
 	if n := d.metric(t, `weldr_client_requests_total{result="failed"}`); n != 0 {
 		t.Errorf("failed client requests = %d, want 0", n)
+	}
+}
+
+// Requests weldr refuses itself get an access log line each, count as
+// failed client requests, and are counted by status in
+// weldr_generated_responses_total.
+func TestRefusedRequestsAreLoggedAndCounted(t *testing.T) {
+	t.Setenv("WELDR_PROXY_READ_HEADER_TIMEOUT", "300ms")
+	t.Setenv("WELDR_PROXY_MAX_BODY_BYTES", "10")
+	d := startWeldr(t, 2, "format = \"json\"\naccess_log = true\n")
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	refused := map[int]string{
+		400: "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+		408: "GET / HTTP/1.1\r\nHost: x\r\n", // and nothing more
+		413: "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+		414: "GET /" + strings.Repeat("a", 9000) + " HTTP/1.1\r\nHost: x\r\n\r\n",
+		431: "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", 70_000) + "\r\n\r\n",
+	}
+	for code, raw := range refused {
+		c, err := net.Dial("tcp", strings.TrimPrefix(d.proxy, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, raw)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil || res.StatusCode != code {
+			t.Fatalf("%.40q… answered %v, %v; want %d", raw, res, err, code)
+		}
+	}
+	waitFor(t, 10*time.Second, "the workers' reports", func() bool {
+		return d.metric(t, `weldr_client_requests_total{result="failed"}`) == int64(len(refused))
+	})
+	for code := range refused {
+		if n := d.metric(t, fmt.Sprintf(`weldr_generated_responses_total{status="%d"}`, code)); n != 1 {
+			t.Errorf(`weldr_generated_responses_total{status="%d"} = %d, want 1`, code, n)
+		}
+	}
+	logged := map[int]int{}
+	waitFor(t, 10*time.Second, "an access log line for each", func() bool {
+		clear(logged)
+		for _, line := range strings.Split(d.log.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "access" {
+				status, _ := rec["status"].(float64)
+				logged[int(status)]++
+			}
+		}
+		return len(logged) == len(refused)
+	})
+	for code := range refused {
+		if logged[code] != 1 {
+			t.Errorf("access log lines with status %d: %d, want 1 (all: %v)", code, logged[code], logged)
+		}
 	}
 }
 
