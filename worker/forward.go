@@ -529,8 +529,10 @@ func (cc *clientConn) writeRequestHead(bw *bufio.Writer, b *backend, path, host 
 		}
 	}
 	bw.WriteString(cc.ip)
-	bw.WriteString("\r\nX-Forwarded-Host: ")
-	bw.Write(host)
+	if len(host) > 0 { // an HTTP/1.0 request may have none
+		bw.WriteString("\r\nX-Forwarded-Host: ")
+		bw.Write(host)
+	}
 	bw.WriteString("\r\nX-Forwarded-Proto: http\r\n" + viaLine)
 	if req.teTrailer {
 		bw.WriteString("TE: trailers\r\n")

@@ -198,6 +198,24 @@ func TestRequestHeaders(t *testing.T) {
 	}
 }
 
+// An HTTP/1.0 request may come without a Host: the backend then gets no
+// X-Forwarded-Host rather than an empty one.
+func TestNoHostNoForwardedHost(t *testing.T) {
+	echo, _ := echoOrigin(t)
+	h := startWorker(t, testSettings(), echo)
+	res, body := exchange(t, h.addr, "GET", "GET / HTTP/1.0\r\n\r\n")
+	var e echoed
+	if err := json.Unmarshal(body, &e); res.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("HTTP/1.0 GET without Host = %d %q (%v), want 200 and the echo", res.StatusCode, body, err)
+	}
+	if got, ok := e.Header["X-Forwarded-Host"]; ok {
+		t.Errorf("backend got X-Forwarded-Host: %q, want no such header", got)
+	}
+	if got := e.Header["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+		t.Errorf("backend got X-Forwarded-For: %q, want 127.0.0.1", got)
+	}
+}
+
 func TestRequestTarget(t *testing.T) {
 	echo, _ := echoOrigin(t)
 	h := startWorker(t, testSettings(), echo)
