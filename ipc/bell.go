@@ -31,6 +31,11 @@ const bellSize = 8
 // worker the file descriptor of its bell. A worker without it has no bell.
 const BellEnv = "WELDR_BELL_FD"
 
+// LogFormatEnv names the environment variable by which the manager tells a
+// worker log.format ("text" or "json"), for what the worker logs before the
+// manager's settings reach it.
+const LogFormatEnv = "WELDR_WORKER_LOG_FORMAT"
+
 // NewBell makes a bell for the manager to ring, and the file to hand the
 // worker, which the caller closes once the worker has it.
 func NewBell() (*Bell, *os.File, error) {

@@ -132,7 +132,7 @@ func (m *Manager) runWorker(slot int) error {
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{os.Args[0], "worker"},
-		Env:        workerEnv(os.Environ()),
+		Env:        append(workerEnv(os.Environ()), ipc.LogFormatEnv+"="+m.cfg.Log.Format),
 		Stdout:     os.Stdout,
 		Stderr:     os.Stderr,
 		ExtraFiles: []*os.File{m.proxyFile, theirs}, // fd 3, fd 4
@@ -211,7 +211,7 @@ func (m *Manager) runWorker(slot int) error {
 // must not inherit: tableflip's (a worker is not a new generation and must
 // not act as one), and those that name a bell or a board, which the
 // manager sets for each worker.
-var notForWorkers = []string{"TABLEFLIP_", ipc.BellEnv + "=", ipc.BoardEnv + "=", ipc.BoardSeatEnv + "="}
+var notForWorkers = []string{"TABLEFLIP_", ipc.BellEnv + "=", ipc.BoardEnv + "=", ipc.BoardSeatEnv + "=", ipc.LogFormatEnv + "="}
 
 // workerEnv is the manager's environment without notForWorkers.
 func workerEnv(env []string) []string {

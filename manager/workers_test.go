@@ -270,7 +270,7 @@ func TestAQueuedChangeRungWakesItsWaiters(t *testing.T) {
 // manager was itself given; everything else passes.
 func TestWorkerEnvDropsTheManagersOwn(t *testing.T) {
 	env := []string{"PATH=/bin", "TABLEFLIP_HAS_PARENT_7f=1", "WELDR_BELL_FD=5", "WELDR_BOARD_FD=6",
-		"WELDR_BOARD_SEAT=0", "WELDR_BOARD_FDX=keep", "WELDR_ADMIN_TOKEN=x"}
+		"WELDR_BOARD_SEAT=0", "WELDR_WORKER_LOG_FORMAT=json", "WELDR_BOARD_FDX=keep", "WELDR_ADMIN_TOKEN=x"}
 	got := workerEnv(env)
 	if want := []string{"PATH=/bin", "WELDR_BOARD_FDX=keep", "WELDR_ADMIN_TOKEN=x"}; !slices.Equal(got, want) {
 		t.Errorf("workerEnv(%q) = %q, want %q", env, got, want)

@@ -2,16 +2,21 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
 )
 
 // origin is a real backend on a fixed loopback port whose health answers
@@ -580,5 +585,23 @@ func TestAccessLogAndJSONLogs(t *testing.T) {
 		if !json.Valid([]byte(line)) {
 			t.Errorf("log line is not JSON with log.format = json: %q", line)
 		}
+	}
+}
+
+// A worker logs what goes wrong before the manager's settings reach it in
+// the log.format the manager passed it.
+func TestWorkerStartUpErrorsFollowLogFormat(t *testing.T) {
+	cmd := exec.Command(weldrBin, "worker") // no fd 3: no listener
+	cmd.Env = append(os.Environ(), ipc.LogFormatEnv+"=json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("worker without its listener: %v, want exit status 1", err)
+	}
+	line := strings.TrimSpace(stderr.String())
+	var rec map[string]any
+	if json.Unmarshal([]byte(line), &rec) != nil || !strings.Contains(fmt.Sprint(rec["msg"]), "proxy listener (fd 3)") {
+		t.Errorf("worker's log = %q, want one JSON line about its listener", line)
 	}
 }

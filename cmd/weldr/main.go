@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -79,7 +78,8 @@ func runWorker() int {
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// Until the manager's settings arrive (worker.Run), in its log.format.
+	log := worker.NewLogger(os.Stderr, "info", os.Getenv(ipc.LogFormatEnv))
 	// WELDR_WORKER_CPUPROFILE=path writes each worker's CPU profile to
 	// path.<pid> until it exits: for the performance work, see
 	// docs/BENCHMARKS.md.
