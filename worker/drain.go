@@ -64,12 +64,26 @@ func (f *frontend) waitZero(d time.Duration) {
 }
 
 // closeIdle closes the client connections that have waited for a request
-// since before, and closeAll all of them.
+// since before.
 func (f *frontend) closeIdle(before time.Time) {
 	f.closeConns(max(1, int64(before.Sub(f.epoch))))
 }
 
-func (f *frontend) closeAll() { f.closeConns(0) }
+// closeAll closes every client connection, and every backend connection a
+// request waits on for its answer: the client's Close waits for that
+// request (see closeConns), which would otherwise wait for the answer or the
+// response header timeout.
+func (f *frontend) closeAll() {
+	f.cut.Store(true)
+	f.mu.Lock()
+	for cc := range f.conns {
+		if up := cc.waitsOn.Load(); up != nil {
+			up.c.Close()
+		}
+	}
+	f.mu.Unlock()
+	f.closeConns(0)
+}
 
 // closeConns closes the client connections idle since idleBy (in
 // f.epoch's nanoseconds) or earlier, or all of them if idleBy is 0.

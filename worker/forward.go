@@ -18,6 +18,7 @@ const (
 	msgNoServer   = "no server available\n"
 	msgBadGateway = "bad gateway\n"
 	msgTimeout    = "gateway timeout\n"
+	msgCut        = "shutting down\n"
 	msgBadRequest = "bad request\n"
 	msgTooLarge   = "request body too large\n"
 )
@@ -170,6 +171,8 @@ func (cc *clientConn) readFinalResponse(up *upConn, sent time.Time) error {
 		// it until its next exchange sets its own.
 		up.sio.extendReadDeadline(sent.Add(t))
 	}
+	cc.waitsOn.Store(up) // for the drain's deadline to cut (closeAll)
+	defer cc.waitsOn.Store(nil)
 	for range maxInterim {
 		if err := readResponse(up.br, res, f.lim); err != nil {
 			return err
@@ -366,10 +369,14 @@ func (cc *clientConn) bodyFailed(start time.Time, b *backend, err error) bool {
 // backendFailed answers a request whose backend failed before answering.
 func (cc *clientConn) backendFailed(start time.Time, b *backend, err error) bool {
 	code, msg := http.StatusBadGateway, msgBadGateway
-	if isTimeout(err) {
+	switch {
+	case cc.f.cut.Load():
+		// The drain's deadline closed the connection: not the server's fault.
+		code, msg = http.StatusServiceUnavailable, msgCut
+	case isTimeout(err):
 		code, msg = http.StatusGatewayTimeout, msgTimeout
 		b.stats.fail(&b.stats.timedOut)
-	} else {
+	default:
 		b.stats.fail(&b.stats.broken)
 	}
 	cc.f.w.log.Debug("proxying failed", "server", b.id, "status", code, "error", err)

@@ -1120,6 +1120,25 @@ func TestDrainDeadlineClosesAllDespiteARequestUnderWay(t *testing.T) {
 	h.mustReturn(t)
 }
 
+// At the drain's deadline a request still waiting for its backend's answer
+// is cut too: the worker ends at the deadline, not when the backend answers
+// or the response header timeout runs out.
+func TestDrainDeadlineCutsARequestWaitingOnItsBackend(t *testing.T) {
+	so := newSlowOrigin(t, "a")
+	set := testSettings()
+	set.ResponseHeaderTimeout = time.Minute // past waitLimit
+	h := startWorker(t, set, so.server)
+	slow := h.getAsync("/slow")
+	so.waitArrived(t)
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
+	h.mustReturn(t)
+	if r := waitResult(t, slow); r.err == nil && r.code != http.StatusServiceUnavailable {
+		t.Errorf("GET /slow cut by the drain's deadline = %d %q, want 503 or a closed connection", r.code, r.body)
+	}
+	// The backend did nothing wrong.
+	checkServer(t, h.totals(), ipc.ServerStats{ID: so.server.ID})
+}
+
 func TestDrainAnswersKeptAliveConnection(t *testing.T) {
 	so := newSlowOrigin(t, "a")
 	h := startWorker(t, testSettings(), so.server)

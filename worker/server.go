@@ -45,6 +45,7 @@ type frontend struct {
 	done    sync.WaitGroup // one per connection goroutine
 	zero    chan struct{}  // signalled when open drops to zero while draining
 	epoch   time.Time      // when the front end began: idle times count from it
+	cut     atomic.Bool    // a drain's deadline closed what was left
 }
 
 func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
@@ -140,6 +141,8 @@ type clientConn struct {
 	// nanoseconds since f.epoch; 0 while it does not wait. A drain closes
 	// connections idle long enough.
 	idleSince atomic.Int64
+	// waitsOn is the backend connection a request waits on for its answer.
+	waitsOn atomic.Pointer[upConn]
 
 	ready   int // what serveReady leaves to serve
 	readyFn func(fd uintptr) bool
