@@ -200,6 +200,12 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		m.mu.Unlock()
 		return 0, nil, errHandover
 	}
+	if old := m.pool.Get(s.ID); old != nil && old.Static && !old.sameSettings(&s) {
+		// The configuration file is where a static server's settings are
+		// kept; a change made here would be undone by the next reload.
+		m.mu.Unlock()
+		return 0, nil, errorf(http.StatusConflict, "server is in the configuration file; change it there and reload")
+	}
 	added, msgs := m.pool.Add(s)
 	if len(msgs) > 0 {
 		m.broadcastChange(msgs)

@@ -32,6 +32,12 @@ type Server struct {
 	removed bool   // taken out of the pool: Pool.order skips it
 }
 
+// sameSettings reports whether s and o have the same URL, weight and
+// health check.
+func (s *Server) sameSettings(o *Server) bool {
+	return s.URL == o.URL && s.Weight == o.Weight && s.Health == o.Health
+}
+
 func (s *Server) ipc() ipc.Server {
 	return ipc.Server{ID: s.ID, URL: s.URL, Weight: s.Weight, Down: s.Down}
 }
@@ -58,7 +64,7 @@ func NewPool() *Pool {
 // settings changes nothing and returns no message.
 func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 	if old := p.servers[s.ID]; old != nil {
-		if old.URL == s.URL && old.Weight == s.Weight && old.Health == s.Health && (old.Static || !s.Static) {
+		if old.sameSettings(&s) && (old.Static || !s.Static) {
 			return false, nil
 		}
 		old.URL, old.Weight, old.Health = s.URL, s.Weight, s.Health
