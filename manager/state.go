@@ -11,7 +11,8 @@ import (
 )
 
 // The state file holds the servers registered through the admin API, so
-// that neither a restart nor an upgrade loses one. Servers from the
+// that neither a restart nor an upgrade loses one: every change is saved
+// in it before it is made (see commit). Servers from the
 // configuration file are not in it: the file always has them. Health is not
 // kept: a server starts up and is checked at once, as when it registered.
 
@@ -81,7 +82,7 @@ func writeState(path string, servers []Server) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
 	if err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("saving state file %s: %w", path, err)
 	}
 	tmp := f.Name()
 	_, err = f.Write(append(b, '\n'))
@@ -96,12 +97,29 @@ func writeState(path string, servers []Server) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("saving state file %s: %w", path, err)
 	}
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
+	return nil
+}
+
+// checkStateDir makes sure that a state file can be saved at path, if path
+// is set, as writeState saves it: every admin change is saved before it is
+// made, so with a state file that cannot be written the admin API could
+// change nothing. Better to say so at start.
+func checkStateDir(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("state.file: %s cannot be saved: %w", path, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
 	return nil
 }
 
@@ -160,8 +178,8 @@ func (m *Manager) addSaved(servers []Server, source string) {
 }
 
 // loadState adds the servers saved in the state file to the pool. Problems
-// are logged, never fatal: the servers of the configuration file are served
-// whatever the state file holds. A file that cannot be parsed is moved
+// with what it holds are logged, never fatal: the servers of the
+// configuration file are served whatever the state file holds. A file that cannot be parsed is moved
 // aside, so that the next save does not destroy what an operator may want
 // to recover.
 func (m *Manager) loadState() {
@@ -183,33 +201,4 @@ func (m *Manager) loadState() {
 		m.log.Error("state file: skipping a server", "file", path, "error", e)
 	}
 	m.addSaved(servers, path)
-}
-
-// persist saves the pool's registered servers if they changed since the
-// last save. Concurrent callers coalesce: whoever holds stateMu writes the
-// latest pool, which covers every change made before it looked.
-func (m *Manager) persist() {
-	path := m.cfg.State.File
-	if path == "" {
-		return
-	}
-	m.stateMu.Lock()
-	defer m.stateMu.Unlock()
-	m.mu.Lock()
-	seq := m.stateSeq
-	if m.stateSaved >= seq {
-		m.mu.Unlock()
-		return
-	}
-	servers := m.registered()
-	m.mu.Unlock()
-
-	if err := writeState(path, servers); err != nil {
-		m.stateFailures.Add(1)
-		m.log.Error("saving state failed; the change is in effect but not saved", "file", path, "error", err)
-		return
-	}
-	m.mu.Lock()
-	m.stateSaved = seq
-	m.mu.Unlock()
 }

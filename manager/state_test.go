@@ -1,12 +1,16 @@
 package manager
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -87,14 +91,131 @@ func TestStateFileSkipsBadEntries(t *testing.T) {
 	}
 }
 
-func TestStateWriteFailureIsCountedNotFatal(t *testing.T) {
+// A change that cannot be saved in the state file is not made: the API
+// says why, and the pool, the workers and the file keep what they had.
+func TestStateWriteFailureRefusesTheChange(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Default()
+	cfg.State.File = filepath.Join(dir, "state.json")
+	m, srv, q := newTestManager(t, cfg)
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`); code != http.StatusCreated {
+		t.Fatalf("POST = %d %s, want 201", code, body)
+	}
+	<-q
+	before := m.pool.List()
+
+	os.RemoveAll(dir) // the state file can no longer be written
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/servers", `{"url": "http://127.0.0.1:9002"}`},
+		{"POST", "/servers", `{"url": "http://127.0.0.1:9001", "weight": 5}`},
+		{"DELETE", "/servers/127.0.0.1/9001", ""},
+	} {
+		code, _, body := call(t, srv, tc.method, tc.path, tc.body)
+		var e map[string]string
+		json.Unmarshal([]byte(body), &e)
+		if code != http.StatusInternalServerError || !strings.Contains(e["error"], cfg.State.File) || !strings.Contains(e["error"], "no such file or directory") {
+			t.Errorf("%s %s %s with an unwritable state file = %d %s, want 500 with an error naming the file and why", tc.method, tc.path, tc.body, code, body)
+		}
+	}
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`); code != http.StatusOK {
+		t.Errorf("POST of a server as it is, with an unwritable state file = %d %s, want 200: nothing to save", code, body)
+	}
+	if after := m.pool.List(); !reflect.DeepEqual(after, before) {
+		t.Errorf("pool after refused changes = %+v, want it unchanged: %+v", after, before)
+	}
+	if len(q) != 0 {
+		t.Errorf("refused changes broadcast %d messages, want none", len(q))
+	}
+	if n := m.stateFailures.Load(); n != 3 {
+		t.Errorf("state write failures = %d, want 3", n)
+	}
+
+	// Once the file can be written again, changes are saved and made.
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9002"}`); code != http.StatusCreated {
+		t.Errorf("POST with the state file writable again = %d %s, want 201", code, body)
+	}
+	if saved := savedIDs(t, cfg.State.File); saved != "127.0.0.1:9001 127.0.0.1:9002" {
+		t.Errorf("state file holds %s, want 9001 and 9002", saved)
+	}
+}
+
+// savedIDs returns the IDs of the servers saved at path, in order.
+func savedIDs(t *testing.T, path string) string {
+	t.Helper()
+	servers, bad, err := readState(path)
+	if err != nil || len(bad) > 0 {
+		t.Fatalf("readState(%s) = %v, %v", path, bad, err)
+	}
+	var ids []string
+	for _, s := range servers {
+		ids = append(ids, s.ID)
+	}
+	return strings.Join(ids, " ")
+}
+
+// weldr refuses to start with a state file it cannot save, rather than
+// refuse every admin change.
+func TestUnwritableStateFileIsAStartError(t *testing.T) {
 	cfg := Default()
 	cfg.State.File = filepath.Join(t.TempDir(), "no", "such", "dir", "state.json")
-	m, srv, _ := newTestManager(t, cfg)
-	if code, _, _ := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9001"}`); code != http.StatusCreated {
-		t.Errorf("POST with an unwritable state file = %d, want 201 (the change is in effect)", code)
+	_, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "state.file") || !strings.Contains(err.Error(), cfg.State.File) {
+		t.Errorf("New() with a state file in a missing directory = %v, want an error naming state.file and the path", err)
 	}
-	if m.stateFailures.Load() != 1 {
-		t.Errorf("state write failures = %d, want 1", m.stateFailures.Load())
+}
+
+// Changes made at once are all saved, whoever writes the file, and the
+// file holds what the pool does.
+func TestConcurrentChangesAreAllSaved(t *testing.T) {
+	cfg := Default()
+	cfg.State.File = filepath.Join(t.TempDir(), "state.json")
+	cfg.Servers = []ServerConfig{{URL: "http://127.0.0.1:7000"}}
+	m, srv, _ := newTestManager(t, cfg)
+	do := func(method, path, body string) int {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	var wg sync.WaitGroup
+	codes := make(chan int, 60)
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes <- do("POST", "/servers", fmt.Sprintf(`{"url": "http://127.0.0.1:%d"}`, 9000+i))
+			if i%2 == 0 {
+				codes <- do("DELETE", fmt.Sprintf("/servers/127.0.0.1/%d", 9000+i), "")
+			}
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != http.StatusCreated && code != http.StatusNoContent {
+			t.Errorf("concurrent change = %d, want 201 or 204", code)
+		}
+	}
+	m.mu.Lock()
+	var want []string
+	for _, s := range m.registered() {
+		want = append(want, s.ID)
+	}
+	m.mu.Unlock()
+	if len(want) != 20 {
+		t.Errorf("pool has %d registered servers, want 20", len(want))
+	}
+	if saved := savedIDs(t, cfg.State.File); saved != strings.Join(want, " ") {
+		t.Errorf("state file holds %s, want the pool's %v", saved, want)
 	}
 }
