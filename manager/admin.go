@@ -266,14 +266,15 @@ func (m *Manager) decodeServer(r *http.Request) (Server, error) {
 			return Server{}, errorf(http.StatusBadRequest, "weight: must be between 1 and 1000")
 		}
 	}
-	health := m.cfg.Health
+	var overrides HealthCheck
 	if req.HealthCheck != nil {
-		health = req.HealthCheck.Merge(m.cfg.Health)
-		if err := health.Validate("health_check"); err != nil {
-			return Server{}, errorf(http.StatusBadRequest, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
+		overrides = *req.HealthCheck
 	}
-	return Server{ID: id, URL: canonical, Weight: weight, Health: health, Added: time.Now()}, nil
+	health := overrides.Merge(m.cfg.Health)
+	if err := health.Validate("health_check"); err != nil {
+		return Server{}, errorf(http.StatusBadRequest, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return Server{ID: id, URL: canonical, Weight: weight, Health: health, Overrides: overrides, Added: time.Now()}, nil
 }
 
 // bodyError turns a JSON decoding error into the answer for it.
