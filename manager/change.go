@@ -51,10 +51,9 @@ func (m *Manager) commitQueued() {
 	m.mu.Lock()
 	batch := m.queued
 	m.queued = nil
-	var next []Server
-	changed := false
+	var registered []Server
 	if path != "" && len(batch) > 0 {
-		next, changed = planned(m.registered(), batch)
+		registered = m.registered()
 	}
 	m.mu.Unlock()
 	if len(batch) == 0 {
@@ -62,8 +61,10 @@ func (m *Manager) commitQueued() {
 	}
 
 	var err error
-	if changed {
-		err = writeState(path, next)
+	if path != "" {
+		if next, changed := planned(registered, batch); changed {
+			err = writeState(path, next)
+		}
 	}
 	m.mu.Lock()
 	for _, c := range batch {
