@@ -226,9 +226,9 @@ func (m *Manager) addSaved(servers []Server, source string) {
 
 // loadState adds the servers saved in the state file to the pool. Problems
 // with what it holds are logged, never fatal: the servers of the
-// configuration file are served whatever the state file holds. A file that cannot be parsed is moved
-// aside, so that the next save does not destroy what an operator may want
-// to recover.
+// configuration file are served whatever the state file holds. A file that
+// cannot be parsed is moved aside, so that the next save does not destroy
+// what an operator may want to recover.
 func (m *Manager) loadState() {
 	path := m.cfg.State.File
 	if path == "" {
