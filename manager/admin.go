@@ -200,25 +200,41 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		m.mu.Unlock()
 		return 0, nil, errHandover
 	}
-	added, msgs := m.pool.Add(s)
-	if len(msgs) > 0 {
-		m.broadcastChange(msgs)
-		m.recheckNow(m.pool.Get(s.ID)) // new, or its settings changed
-		m.stateSeq++
+	if old := m.pool.Get(s.ID); old != nil && old.Static {
+		// The configuration file is where a static server's settings are
+		// kept; a change made here would be undone by the next reload.
+		if !old.sameSettings(&s) {
+			m.mu.Unlock()
+			return 0, nil, errorf(http.StatusConflict, "server is in the configuration file; change it there and reload")
+		}
+		v, version := m.view(old), m.version
+		m.mu.Unlock()
+		m.waitInForce(r.Context(), version)
+		return http.StatusOK, v, nil
 	}
-	v, version := m.view(m.pool.Get(s.ID)), m.version
+	c := &change{add: &s}
+	m.queued = append(m.queued, c)
 	m.mu.Unlock()
 
-	m.persist()
-	m.waitInForce(r.Context(), version)
+	m.commit(c)
+	if c.err != nil {
+		return 0, nil, errNotSaved(c.err)
+	}
+	m.waitInForce(r.Context(), c.version)
 	switch {
-	case added:
+	case c.added:
 		m.log.Info("server added", "server", s.ID, "url", s.URL, "weight", s.Weight)
-		return http.StatusCreated, v, nil
-	case len(msgs) > 0:
+		return http.StatusCreated, c.view, nil
+	case c.changed:
 		m.log.Info("server updated", "server", s.ID, "url", s.URL, "weight", s.Weight)
 	}
-	return http.StatusOK, v, nil
+	return http.StatusOK, c.view, nil
+}
+
+// errNotSaved answers a change that was not made because the state file,
+// where it must be saved first, could not be written.
+func errNotSaved(err error) error {
+	return errorf(http.StatusInternalServerError, "the change was not made: %v", err)
 }
 
 // decodeServer reads and checks a POST /servers body. Nothing is changed
@@ -250,14 +266,15 @@ func (m *Manager) decodeServer(r *http.Request) (Server, error) {
 			return Server{}, errorf(http.StatusBadRequest, "weight: must be between 1 and 1000")
 		}
 	}
-	health := m.cfg.Health
+	var overrides HealthCheck
 	if req.HealthCheck != nil {
-		health = req.HealthCheck.Merge(m.cfg.Health)
-		if err := health.Validate("health_check"); err != nil {
-			return Server{}, errorf(http.StatusBadRequest, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
+		overrides = *req.HealthCheck
 	}
-	return Server{ID: id, URL: canonical, Weight: weight, Health: health, Added: time.Now()}, nil
+	health := overrides.Merge(m.cfg.Health)
+	if err := health.Validate("health_check"); err != nil {
+		return Server{}, errorf(http.StatusBadRequest, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return Server{ID: id, URL: canonical, Weight: weight, Health: health, Overrides: overrides, Added: time.Now()}, nil
 }
 
 // bodyError turns a JSON decoding error into the answer for it.
@@ -295,16 +312,18 @@ func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 		m.mu.Unlock()
 		return 0, nil, errorf(http.StatusConflict, "server is in the configuration file; remove it there and reload")
 	}
-	m.stopChecks(s)
-	_, msgs := m.pool.Remove(id)
-	m.broadcastChange(msgs)
-	m.stats.forget(id)
-	m.stateSeq++
-	version := m.version
+	c := &change{remove: id}
+	m.queued = append(m.queued, c)
 	m.mu.Unlock()
 
-	m.persist()
-	m.waitInForce(r.Context(), version)
+	m.commit(c)
+	switch {
+	case c.err != nil:
+		return 0, nil, errNotSaved(c.err)
+	case !c.changed:
+		return 0, nil, errorf(http.StatusNotFound, "no such server") // removed meanwhile
+	}
+	m.waitInForce(r.Context(), c.version)
 	m.log.Info("server removed", "server", id)
 	return http.StatusNoContent, nil, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +91,53 @@ func TestAdminAddRemove(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "AddServer,RemoveServer" {
 		t.Errorf("broadcasts = %v, want [AddServer RemoveServer]", got)
+	}
+}
+
+// A static server's settings are the configuration file's: a POST that
+// would change them is refused like a DELETE, since the next reload would
+// undo it; one that repeats them is answered and changes nothing.
+func TestAdminStaticServerIsChangedInTheConfigFile(t *testing.T) {
+	cfg := Default()
+	cfg.Servers = []ServerConfig{{URL: "http://127.0.0.1:7000", Weight: 2}}
+	m, srv, q := newTestManager(t, cfg)
+	before := m.pool.List()
+	tests := []struct {
+		name, method, path, body string
+		code                     int
+	}{
+		{"same settings", "POST", "/servers", `{"url": "http://127.0.0.1:7000", "weight": 2}`, http.StatusOK},
+		{"same, defaults spelt out", "POST", "/servers", `{"url": "http://127.0.0.1:7000", "weight": 2, "health_check": {"path": "/", "fall": 3}}`, http.StatusOK},
+		{"weight", "POST", "/servers", `{"url": "http://127.0.0.1:7000", "weight": 3}`, http.StatusConflict},
+		{"weight left to its default", "POST", "/servers", `{"url": "http://127.0.0.1:7000"}`, http.StatusConflict},
+		{"health check", "POST", "/servers", `{"url": "http://127.0.0.1:7000", "weight": 2, "health_check": {"path": "/health"}}`, http.StatusConflict},
+		{"scheme", "POST", "/servers", `{"url": "https://127.0.0.1:7000", "weight": 2}`, http.StatusConflict},
+		{"delete", "DELETE", "/servers/127.0.0.1/7000", "", http.StatusConflict},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, body := call(t, srv, tc.method, tc.path, tc.body)
+			if code != tc.code {
+				t.Fatalf("%s %s = %d %s, want %d", tc.method, tc.path, code, body, tc.code)
+			}
+			if code == http.StatusConflict {
+				var e map[string]string
+				if err := json.Unmarshal([]byte(body), &e); err != nil || !strings.Contains(e["error"], "configuration file") {
+					t.Errorf("%s %s = %d %s, want an error saying it is set in the configuration file", tc.method, tc.path, code, body)
+				}
+				return
+			}
+			var v serverView
+			if err := json.Unmarshal([]byte(body), &v); err != nil || v.Weight != 2 || !v.Static || v.HealthCheck != cfg.Health {
+				t.Errorf("%s %s = %d %s, want the static server as configured", tc.method, tc.path, code, body)
+			}
+		})
+	}
+	if after := m.pool.List(); !reflect.DeepEqual(after, before) {
+		t.Errorf("pool after the requests = %+v, want it unchanged: %+v", after, before)
+	}
+	if len(q) != 0 {
+		t.Errorf("the requests broadcast %d messages, want none", len(q))
 	}
 }
 

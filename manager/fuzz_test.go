@@ -25,7 +25,7 @@ func FuzzAdminServersPost(f *testing.F) {
 		`{"url": "https://[2001:db8::1]", "weight": 1000}`,
 		`{"url": "HTTP://Example.COM:80/", "weight": 3, "health_check": {"path": "/up", "interval": "5s", "timeout": "1s", "fall": 2, "rise": 1}}`,
 		`{"url": "http://127.0.0.1:7000"}`,              // the static server, unchanged: 200
-		`{"url": "http://127.0.0.1:7000", "weight": 9}`, // the static server, updated: 200
+		`{"url": "http://127.0.0.1:7000", "weight": 9}`, // the static server, changed: 409
 		`{"URL": "http://b"}`,
 		``,
 		`{`,
@@ -66,8 +66,16 @@ func FuzzAdminServersPost(f *testing.F) {
 		code, out := rec.Code, rec.Body.Bytes()
 		switch code {
 		case http.StatusOK, http.StatusCreated, http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		case http.StatusConflict:
+			// Only a change of the static server, whose settings are the
+			// configuration file's.
+			var req struct{ URL string }
+			json.Unmarshal(body, &req)
+			if id, _, err := ParseServerURL(req.URL); err != nil || id != "127.0.0.1:7000" {
+				t.Fatalf("POST /servers %q = %d %s, want 409 only for the static server", body, code, out)
+			}
 		default:
-			t.Fatalf("POST /servers %q = %d %s, want 200, 201, 400 or 413", body, code, out)
+			t.Fatalf("POST /servers %q = %d %s, want 200, 201, 400, 409 or 413", body, code, out)
 		}
 		if !json.Valid(out) || rec.Header().Get("Content-Type") != "application/json" {
 			t.Fatalf("POST /servers %q answered %q as %q, want JSON", body, out, rec.Header().Get("Content-Type"))

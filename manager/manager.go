@@ -59,10 +59,13 @@ type Manager struct {
 	// cleared when one is observed: a stuck worker is logged once.
 	propagationLost bool
 
-	handover   bool       // a new generation is starting: mutations wait for it
-	stateSeq   uint64     // bumped by every change of the registered servers
-	stateSaved uint64     // the stateSeq the state file holds
-	stateMu    sync.Mutex // serialises state file writes; taken before mu
+	handover bool      // a new generation is starting: mutations wait for it
+	queued   []*change // admin changes waiting to be saved and made; guarded by mu
+	// stateMu is held by whoever commits the queued changes (see commit):
+	// one state file write at a time, and nothing else changing the
+	// registered servers between a save and the changes it holds being
+	// applied. Taken before mu.
+	stateMu sync.Mutex
 
 	configPath      string        // re-read by the next generation on SIGHUP
 	stopping        chan struct{} // closed when the manager begins to stop
@@ -124,6 +127,9 @@ func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) 
 			ID: id, URL: canonical, Weight: max(sc.Weight, 1),
 			Health: cfg.Health, Static: true, Added: m.started,
 		})
+	}
+	if err := checkStateDir(cfg.State.File); err != nil {
+		return nil, err
 	}
 	if handed != nil {
 		m.loadHanded(handed)

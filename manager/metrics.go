@@ -160,6 +160,6 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintf(bw, "weldr_worker_restarts_total %d\n", m.restarts.Load())
 	family("weldr_upgrade_failures_total", "counter", "SIGHUP upgrades whose new generation failed to start; the old one kept serving.")
 	fmt.Fprintf(bw, "weldr_upgrade_failures_total %d\n", m.upgradeFailures.Load())
-	family("weldr_state_write_failures_total", "counter", "Saves of the state file that failed (the change was in effect but not saved).")
+	family("weldr_state_write_failures_total", "counter", "Saves of the state file that failed: the admin changes they held were refused, not made.")
 	fmt.Fprintf(bw, "weldr_state_write_failures_total %d\n", m.stateFailures.Load())
 }

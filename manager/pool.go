@@ -13,9 +13,14 @@ type Server struct {
 	ID     string // host:port
 	URL    string // canonical scheme://host:port
 	Weight int    // at least 1
-	// Health is the server's check settings, with the [health] defaults
-	// filled in.
+	// Health is the server's check settings in effect: Overrides, with the
+	// [health] defaults for the fields it leaves zero.
 	Health HealthCheck
+	// Overrides is the check settings the server was registered with. A
+	// zero field takes the [health] default, that of the generation that
+	// runs: a reload with new defaults changes it. Zero for a static
+	// server.
+	Overrides HealthCheck
 	// Static servers come from the configuration file and cannot be removed
 	// through the admin API.
 	Static bool
@@ -30,6 +35,12 @@ type Server struct {
 
 	probe   *probe // the server's check schedule, set by the manager
 	removed bool   // taken out of the pool: Pool.order skips it
+}
+
+// sameSettings reports whether s and o have the same URL, weight and
+// health check in effect.
+func (s *Server) sameSettings(o *Server) bool {
+	return s.URL == o.URL && s.Weight == o.Weight && s.Health == o.Health
 }
 
 func (s *Server) ipc() ipc.Server {
@@ -58,10 +69,10 @@ func NewPool() *Pool {
 // settings changes nothing and returns no message.
 func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 	if old := p.servers[s.ID]; old != nil {
-		if old.URL == s.URL && old.Weight == s.Weight && old.Health == s.Health && (old.Static || !s.Static) {
+		if old.sameSettings(&s) && old.Overrides == s.Overrides && (old.Static || !s.Static) {
 			return false, nil
 		}
-		old.URL, old.Weight, old.Health = s.URL, s.Weight, s.Health
+		old.URL, old.Weight, old.Health, old.Overrides = s.URL, s.Weight, s.Health, s.Overrides
 		old.Static = old.Static || s.Static
 		return false, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{old.ipc()}}}
 	}

@@ -33,6 +33,12 @@ func TestPoolMutationsReturnTheirMessages(t *testing.T) {
 	if added || len(msgs) != 1 || msgs[0].Servers[0].Weight != 5 {
 		t.Errorf("Add(new weight) = %v, %+v, want false and AddServer with weight 5", added, msgs)
 	}
+	// The same check in effect, with a setting now given as the server's own:
+	// a change, since that setting no longer follows the defaults.
+	s.Overrides.Path = "/"
+	if added, msgs = p.Add(s); added || len(msgs) != 1 || p.Get(s.ID).Overrides != s.Overrides {
+		t.Errorf("Add(new overrides) = %v, %v, want false, AddServer, and the overrides kept", added, kinds(msgs))
+	}
 	if msgs := p.SetDown(s.ID, true); !reflect.DeepEqual(kinds(msgs), []ipc.Kind{ipc.MarkServerDown}) {
 		t.Errorf("SetDown(true) = %v, want [MarkServerDown]", kinds(msgs))
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,6 +345,27 @@ func TestPerServerHealthSettings(t *testing.T) {
 	}
 	if b.hits.Load() != 0 {
 		t.Errorf("health checks hit other paths %d times, want only /custom", b.hits.Load())
+	}
+}
+
+// A reload with new [health] defaults changes the servers registered with
+// no settings of their own, and keeps the settings a server was registered
+// with.
+func TestReloadAppliesNewHealthDefaults(t *testing.T) {
+	d := start(t, options{state: filepath.Join(t.TempDir(), "state.json"), extra: "[health]\ninterval = \"1m\"\n"})
+	a, b := newOrigin(t, "a", "/health"), newOrigin(t, "b", "/health")
+	d.register(t, a.url())
+	if code, body := d.api(t, "POST", "/servers", `{"url": "`+b.url()+`", "health_check": {"interval": "30s"}}`); code != http.StatusCreated {
+		t.Fatalf("POST b = %d %s, want 201", code, body)
+	}
+	good, _ := os.ReadFile(d.config)
+	d.writeConfig(t, strings.Replace(string(good), `interval = "1m"`, "interval = \"2m\"\nfall = 7", 1))
+	d.upgrade(t)
+	if s := d.server(t, a.addr); s.HealthCheck.Interval != "2m0s" || s.HealthCheck.Fall != 7 {
+		t.Errorf("after a reload a, registered with no settings, checks with %+v, want the new defaults: interval 2m0s, fall 7", s.HealthCheck)
+	}
+	if s := d.server(t, b.addr); s.HealthCheck.Interval != "30s" || s.HealthCheck.Fall != 7 {
+		t.Errorf("after a reload b checks with %+v, want its own interval 30s and the new fall 7", s.HealthCheck)
 	}
 }
 

@@ -1,17 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 // upgrade sends SIGHUP to the current generation and waits for the next one
@@ -227,6 +231,26 @@ func TestRestartReloadsRegistrations(t *testing.T) {
 	}
 	if code, _, got := second.get(t, "/"); code != 200 || got != "a" {
 		t.Errorf("GET / after a restart = %d %q, want 200 from a", code, got)
+	}
+}
+
+// weldr saves every admin change before it makes it, so it refuses to
+// start with a state file it cannot write, and says which.
+func TestUnwritableStateFileStopsTheStart(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "missing", "state.json")
+	config := filepath.Join(dir, "weldr.toml")
+	os.WriteFile(config, []byte(fmt.Sprintf("[proxy]\nlisten = \"127.0.0.1:%d\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:%d\"\n[state]\nfile = %q\n",
+		weldrtest.FreePort(t), weldrtest.FreePort(t), state)), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, weldrBin, "-config", config).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if code != 1 || !strings.Contains(string(out), "state.file") || !strings.Contains(string(out), state) {
+		t.Errorf("weldr with state.file %s = exit %d %q, want exit 1 naming state.file and the path", state, code, out)
 	}
 }
 
