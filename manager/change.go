@@ -1,7 +1,5 @@
 package manager
 
-import "github.com/weldr-proxy/weldr/ipc"
-
 // change is an admin change of the registered servers, queued to be saved
 // in the state file and then made (see Manager.commit): add, new or with
 // new settings, or the removal of the server whose ID is remove. Never a
@@ -51,9 +49,10 @@ func (m *Manager) commitQueued() {
 	m.mu.Lock()
 	batch := m.queued
 	m.queued = nil
-	var registered []Server
+	var next []Server
+	changed := false
 	if path != "" && len(batch) > 0 {
-		registered = m.registered()
+		next, changed = planned(m.registered(), m.pool.Get, batch)
 	}
 	m.mu.Unlock()
 	if len(batch) == 0 {
@@ -61,10 +60,8 @@ func (m *Manager) commitQueued() {
 	}
 
 	var err error
-	if path != "" {
-		if next, changed := planned(registered, batch); changed {
-			err = writeState(path, next)
-		}
+	if changed {
+		err = writeState(path, next)
 	}
 	m.mu.Lock()
 	for _, c := range batch {
@@ -81,22 +78,51 @@ func (m *Manager) commitQueued() {
 }
 
 // planned returns the registered servers as changes will leave them, and
-// whether they change them at all.
-func planned(registered []Server, changes []*change) (next []Server, changed bool) {
-	p := NewPool()
-	for _, s := range registered {
-		p.Add(s)
+// whether they change them at all. get finds a server in the pool as it
+// is before the changes. The cost is a pass over registered, whose array
+// it reuses: the changes are looked up, not replayed on a copy of the
+// pool.
+func planned(registered []Server, get func(id string) *Server, changes []*change) (next []Server, changed bool) {
+	after := make(map[string]*Server, len(changes)) // as the changes leave them; nil: removed
+	var added []string                              // not in the pool before, in order
+	now := func(id string) *Server {
+		if s, ok := after[id]; ok {
+			return s
+		}
+		return get(id)
 	}
 	for _, c := range changes {
-		var msgs []*ipc.Message
-		if c.add != nil {
-			_, msgs = p.Add(*c.add)
-		} else {
-			_, msgs = p.Remove(c.remove)
+		if c.add == nil {
+			if now(c.remove) != nil {
+				after[c.remove], changed = nil, true
+			}
+			continue
 		}
-		changed = changed || len(msgs) > 0
+		if s := now(c.add.ID); s != nil && s.unchangedBy(c.add) {
+			continue
+		}
+		if _, ok := after[c.add.ID]; !ok && get(c.add.ID) == nil {
+			added = append(added, c.add.ID)
+		}
+		after[c.add.ID], changed = c.add, true
 	}
-	return p.List(), changed
+	if !changed {
+		return registered, false
+	}
+	next = registered[:0]
+	for _, s := range registered {
+		if a, ok := after[s.ID]; !ok {
+			next = append(next, s)
+		} else if a != nil {
+			next = append(next, *a)
+		}
+	}
+	for _, id := range added {
+		if a := after[id]; a != nil {
+			next = append(next, *a)
+		}
+	}
+	return next, true
 }
 
 // apply makes c, saved, in the pool and broadcasts it. Called with m.mu

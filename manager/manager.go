@@ -129,7 +129,9 @@ func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) 
 		})
 	}
 	if err := checkStateDir(cfg.State.File); err != nil {
-		return nil, err
+		// The proxy serves what it has; the admin API refuses changes,
+		// each with this error, until the file can be saved.
+		log.Error("admin changes will be refused until the state file can be saved", "error", err)
 	}
 	if handed != nil {
 		m.loadHanded(handed)

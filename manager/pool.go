@@ -43,6 +43,11 @@ func (s *Server) sameSettings(o *Server) bool {
 	return s.URL == o.URL && s.Weight == o.Weight && s.Health == o.Health
 }
 
+// unchangedBy reports whether adding n, with s's ID, leaves s as it is.
+func (s *Server) unchangedBy(n *Server) bool {
+	return s.sameSettings(n) && s.Overrides == n.Overrides && (s.Static || !n.Static)
+}
+
 func (s *Server) ipc() ipc.Server {
 	return ipc.Server{ID: s.ID, URL: s.URL, Weight: s.Weight, Down: s.Down}
 }
@@ -69,7 +74,7 @@ func NewPool() *Pool {
 // settings changes nothing and returns no message.
 func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 	if old := p.servers[s.ID]; old != nil {
-		if old.sameSettings(&s) && old.Overrides == s.Overrides && (old.Static || !s.Static) {
+		if old.unchangedBy(&s) {
 			return false, nil
 		}
 		old.URL, old.Weight, old.Health, old.Overrides = s.URL, s.Weight, s.Health, s.Overrides

@@ -152,10 +152,10 @@ func writeState(path string, servers []Server) error {
 	return nil
 }
 
-// checkStateDir makes sure that a state file can be saved at path, if path
+// checkStateDir tells whether a state file can be saved at path, if path
 // is set, as writeState saves it: every admin change is saved before it is
-// made, so with a state file that cannot be written the admin API could
-// change nothing. Better to say so at start.
+// made, so with a state file that cannot be written the admin API changes
+// nothing. Better to say so at start, but not to stop serving for it.
 func checkStateDir(path string) error {
 	if path == "" {
 		return nil

@@ -9,10 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weldr-proxy/weldr/ipc"
 )
 
 func TestStateSurvivesARestart(t *testing.T) {
@@ -160,14 +163,17 @@ func savedIDs(t *testing.T, path string) string {
 	return strings.Join(ids, " ")
 }
 
-// weldr refuses to start with a state file it cannot save, rather than
-// refuse every admin change.
-func TestUnwritableStateFileIsAStartError(t *testing.T) {
+// weldr starts with a state file it cannot save, and says at once that
+// admin changes will be refused: the proxy serves what it has.
+func TestUnwritableStateFileIsReportedAtStart(t *testing.T) {
 	cfg := Default()
 	cfg.State.File = filepath.Join(t.TempDir(), "no", "such", "dir", "state.json")
-	_, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err == nil || !strings.Contains(err.Error(), "state.file") || !strings.Contains(err.Error(), cfg.State.File) {
-		t.Errorf("New() with a state file in a missing directory = %v, want an error naming state.file and the path", err)
+	var log strings.Builder
+	if _, err := New(cfg, slog.New(slog.NewTextHandler(&log, nil))); err != nil {
+		t.Fatalf("New() with a state file in a missing directory = %v, want it to start", err)
+	}
+	if !strings.Contains(log.String(), "state.file") || !strings.Contains(log.String(), cfg.State.File) {
+		t.Errorf("log at start = %q, want an error naming state.file and the path", log.String())
 	}
 }
 
@@ -321,4 +327,64 @@ func TestStateFileOfAnEarlierVersion(t *testing.T) {
 	if s := m2.pool.Get("127.0.0.1:9001"); s == nil || s.Health != want {
 		t.Errorf("9001 after an upgrade with new defaults = %+v, want its own path and the new interval: %+v", s, want)
 	}
+}
+
+// planned, which looks the changes up rather than replaying them on a copy
+// of the pool, leaves the registered servers as replaying them would.
+func TestPlannedIsThePoolAfterTheChanges(t *testing.T) {
+	srv := func(addr string, weight int) *Server {
+		id, u, err := ParseServerURL("http://" + addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &Server{ID: id, URL: u, Weight: weight}
+	}
+	a, b, c := srv("127.0.0.1:1", 1), srv("127.0.0.1:2", 1), srv("127.0.0.1:3", 1)
+	add := func(s *Server) *change { return &change{add: s} }
+	remove := func(s *Server) *change { return &change{remove: s.ID} }
+	for _, tc := range []struct {
+		name    string
+		changes []*change
+	}{
+		{"nothing changed", []*change{add(a), remove(c)}},
+		{"new", []*change{add(c)}},
+		{"updated", []*change{add(srv("127.0.0.1:2", 5))}},
+		{"removed", []*change{remove(a)}},
+		{"removed, then added back", []*change{remove(a), add(srv("127.0.0.1:1", 3))}},
+		{"added, then removed", []*change{add(c), remove(c)}},
+		{"added, then updated", []*change{add(c), add(srv("127.0.0.1:3", 7))}},
+		{"updated back as it was", []*change{add(srv("127.0.0.1:1", 2)), add(a)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := NewPool()
+			p.Add(*a)
+			p.Add(*b)
+			next, changed := planned(p.List(), p.Get, tc.changes)
+			replayed := false
+			for _, c := range tc.changes {
+				var msgs []*ipc.Message
+				if c.add != nil {
+					_, msgs = p.Add(*c.add)
+				} else {
+					_, msgs = p.Remove(c.remove)
+				}
+				replayed = replayed || len(msgs) > 0
+			}
+			key := func(s Server) string { return fmt.Sprintf("%s %s %d", s.ID, s.URL, s.Weight) }
+			want := p.List()
+			slices.SortFunc(want, func(x, y Server) int { return strings.Compare(x.ID, y.ID) })
+			slices.SortFunc(next, func(x, y Server) int { return strings.Compare(x.ID, y.ID) })
+			if changed != replayed || !slices.Equal(serverKeys(next, key), serverKeys(want, key)) {
+				t.Errorf("planned = %v (changed %v), want %v (changed %v)", serverKeys(next, key), changed, serverKeys(want, key), replayed)
+			}
+		})
+	}
+}
+
+func serverKeys(servers []Server, key func(Server) string) []string {
+	var out []string
+	for _, s := range servers {
+		out = append(out, key(s))
+	}
+	return out
 }

@@ -1,21 +1,17 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/weldr-proxy/weldr/internal/weldrtest"
 )
 
 // upgrade sends SIGHUP to the current generation and waits for the next one
@@ -234,23 +230,21 @@ func TestRestartReloadsRegistrations(t *testing.T) {
 	}
 }
 
-// weldr saves every admin change before it makes it, so it refuses to
-// start with a state file it cannot write, and says which.
-func TestUnwritableStateFileStopsTheStart(t *testing.T) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "missing", "state.json")
-	config := filepath.Join(dir, "weldr.toml")
-	os.WriteFile(config, []byte(fmt.Sprintf("[proxy]\nlisten = \"127.0.0.1:%d\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:%d\"\n[state]\nfile = %q\n",
-		weldrtest.FreePort(t), weldrtest.FreePort(t), state)), 0o644)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, weldrBin, "-config", config).CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
+// With a state file it cannot save, weldr still starts and proxies, says
+// why at start, and refuses admin changes with an error that names the file.
+func TestUnwritableStateFileRefusesChangesNotTheStart(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "missing", "state.json")
+	d := start(t, options{state: state})
+	if !strings.Contains(d.log.String(), "state.file") || !strings.Contains(d.log.String(), state) {
+		t.Errorf("the start's log does not name state.file and %s:\n%s", state, d.log)
 	}
-	if code != 1 || !strings.Contains(string(out), "state.file") || !strings.Contains(string(out), state) {
-		t.Errorf("weldr with state.file %s = exit %d %q, want exit 1 naming state.file and the path", state, code, out)
+	a := newOrigin(t, "a", "/health")
+	code, body := d.api(t, "POST", "/servers", `{"url": "`+a.url()+`"}`)
+	if code != http.StatusInternalServerError || !strings.Contains(body, state) {
+		t.Errorf("POST /servers with a state file that cannot be saved = %d %s, want 500 naming %s", code, body, state)
+	}
+	if code, _, _ := d.get(t, "/"); code != http.StatusServiceUnavailable {
+		t.Errorf("GET / = %d, want 503: the refused server is not in the pool", code)
 	}
 }
 
