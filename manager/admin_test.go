@@ -422,7 +422,7 @@ func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := ipc.Now()
-	m.awaitPropagation(5, now)
+	m.awaitPropagation(5, now, m.metrics.propagation)
 	first.applied = 5
 	first.acks.add(5, now+2000)
 	m.notify()
@@ -438,7 +438,7 @@ func TestPropagationTimesTheWorkersThatHadToApplyIt(t *testing.T) {
 
 	clear(m.procs) // only a worker that started with version 7 is left
 	m.procs[&workerProc{ready: true, snapshot: 7, applied: 7}] = struct{}{}
-	m.awaitPropagation(7, ipc.Now())
+	m.awaitPropagation(7, ipc.Now(), m.metrics.propagation)
 	if h := m.metrics.propagation; h.n != 1 || len(m.pending) != 0 {
 		t.Errorf("propagation observed %d times, %d pending; want still once, none pending: a start-up is not a propagation", h.n, len(m.pending))
 	}
@@ -456,8 +456,8 @@ func TestPropagationOfAStuckWorkerIsGivenUp(t *testing.T) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := ipc.Now()
-	m.awaitPropagation(2, now-int64(2*applyTimeout)) // made long ago
-	m.awaitPropagation(3, now)
+	m.awaitPropagation(2, now-int64(2*applyTimeout), m.metrics.propagation) // made long ago
+	m.awaitPropagation(3, now, m.metrics.propagation)
 	if len(m.pending) != 1 || m.pending[0].version != 3 {
 		t.Fatalf("pending %v, want version 3 only: version 2 waited more than %s", m.pending, applyTimeout)
 	}

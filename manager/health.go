@@ -227,10 +227,10 @@ func (m *Manager) recordCheck(id string, seq uint64, target string, conn net.Con
 	}
 	switch {
 	case !s.Down && s.Fails >= s.Health.Fall:
-		m.broadcast(m.pool.SetDown(id, true))
+		m.broadcastVerdict(m.pool.SetDown(id, true))
 		m.log.Warn("server down", "server", id, "failed_checks", s.Fails, "error", s.LastError)
 	case s.Down && s.Passes >= s.Health.Rise:
-		m.broadcast(m.pool.SetDown(id, false))
+		m.broadcastVerdict(m.pool.SetDown(id, false))
 		m.log.Info("server up", "server", id, "passed_checks", s.Passes)
 	}
 	m.scheduleCheck(s, jitter(time.Duration(s.Health.Interval)))

@@ -390,21 +390,35 @@ func (m *Manager) waitInForce(ctx context.Context, v uint64) {
 type pendingChange struct {
 	version uint64
 	at      int64
+	into    *histogram // where its propagation is observed
 }
 
 // broadcastChange broadcasts an admin change of the pool, made of msgs, and
 // awaits its propagation. Called with m.mu held.
 func (m *Manager) broadcastChange(msgs []*ipc.Message) {
+	m.broadcastTimed(msgs, m.metrics.propagation)
+}
+
+// broadcastVerdict broadcasts a health verdict (a server down or up), made
+// of msgs if any, and awaits its propagation. Called with m.mu held.
+func (m *Manager) broadcastVerdict(msgs []*ipc.Message) {
+	if len(msgs) > 0 {
+		m.broadcastTimed(msgs, m.metrics.verdictPropagation)
+	}
+}
+
+// broadcastTimed broadcasts msgs and observes their propagation into h.
+func (m *Manager) broadcastTimed(msgs []*ipc.Message, h *histogram) {
 	changedAt := ipc.Now() // before a worker can have it
 	m.broadcast(msgs)
-	m.awaitPropagation(m.version, changedAt)
+	m.awaitPropagation(m.version, changedAt, h)
 }
 
 // awaitPropagation records that the pool changed to version v at changedAt
-// (ipc.Now), to observe when the last serving worker began to route by it
-// once they have all said so. Called with m.mu held.
-func (m *Manager) awaitPropagation(v uint64, changedAt int64) {
-	m.pending = append(m.pending, pendingChange{v, changedAt})
+// (ipc.Now), to observe into h when the last serving worker began to route
+// by it once they have all said so. Called with m.mu held.
+func (m *Manager) awaitPropagation(v uint64, changedAt int64, h *histogram) {
+	m.pending = append(m.pending, pendingChange{v, changedAt, h})
 	m.observePropagation() // with no worker serving, there is none to wait for
 }
 
@@ -442,7 +456,7 @@ func (m *Manager) observePropagation() {
 			last, known = max(last, at), known && ok
 		}
 		if known && last > 0 {
-			m.metrics.propagation.observe(max(0, time.Duration(last-p.at)).Seconds())
+			p.into.observe(max(0, time.Duration(last-p.at)).Seconds())
 		}
 		m.pending, m.propagationLost = m.pending[1:], false
 	}

@@ -18,6 +18,8 @@ type metrics struct {
 	checkDuration *histogram // seconds per health check
 	applyDuration *histogram // seconds the admin API waited (after saving the state) for its change to be in force in every worker
 	propagation   *histogram // seconds from an admin change to the last worker applying it, by the workers' stamps
+	// seconds from a health verdict to the last worker applying it, likewise
+	verdictPropagation *histogram
 }
 
 // updateBuckets bound the pool change histograms, in seconds.
@@ -25,9 +27,10 @@ var updateBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.004, 0.0
 
 func newMetrics() *metrics {
 	return &metrics{
-		checkDuration: newHistogram(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-		applyDuration: newHistogram(updateBuckets...),
-		propagation:   newHistogram(updateBuckets...),
+		checkDuration:      newHistogram(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+		applyDuration:      newHistogram(updateBuckets...),
+		propagation:        newHistogram(updateBuckets...),
+		verdictPropagation: newHistogram(updateBuckets...),
 	}
 }
 
@@ -145,6 +148,8 @@ func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	m.metrics.applyDuration.write(bw, "weldr_pool_update_seconds")
 	family("weldr_pool_propagation_seconds", "histogram", "Time from an admin API change of the pool to the last worker applying it, by the workers' clocks, from their acknowledgements. A change some worker has not applied within 2 s is not counted.")
 	m.metrics.propagation.write(bw, "weldr_pool_propagation_seconds")
+	family("weldr_health_propagation_seconds", "histogram", "Time from a health verdict (a server marked down or up) to the last worker applying it, by the workers' clocks, from their acknowledgements. A verdict some worker has not applied within 2 s is not counted.")
+	m.metrics.verdictPropagation.write(bw, "weldr_health_propagation_seconds")
 
 	family("weldr_workers", "gauge", "Worker processes configured.")
 	fmt.Fprintf(bw, "weldr_workers %d\n", m.workersCount)

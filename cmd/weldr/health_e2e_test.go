@@ -285,6 +285,35 @@ func TestHealthDownAndBackUp(t *testing.T) {
 	l.finishSince(t, stopped)
 }
 
+// The time from a health verdict to the last worker routing by it is
+// measured (SPEC, "Pool"): each down and up is observed once, by the clock
+// the manager and the workers share.
+func TestHealthVerdictPropagationIsMeasured(t *testing.T) {
+	d := startWeldr(t, 2, fastHealth)
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	a.mode.Store("500")
+	waitFor(t, 10*time.Second, "a to be marked down", func() bool { return d.server(t, a.addr).State == "down" })
+	a.mode.Store("ok")
+	waitFor(t, 10*time.Second, "a to be marked up", func() bool { return d.server(t, a.addr).State == "up" })
+	waitFor(t, 10*time.Second, "both verdicts observed", func() bool {
+		return d.metric(t, "weldr_health_propagation_seconds_count") == 2
+	})
+	_, body := d.api(t, "GET", "/metrics", "")
+	sum := -1.0
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "weldr_health_propagation_seconds_sum "); ok {
+			fmt.Sscan(v, &sum)
+		}
+	}
+	if sum <= 0 || sum >= 60 {
+		t.Errorf("weldr_health_propagation_seconds_sum = %g, want above 0 and well under a minute", sum)
+	}
+	if n := d.metric(t, "weldr_pool_propagation_seconds_count"); n > 1 {
+		t.Errorf("weldr_pool_propagation_seconds_count = %d, want at most 1 (the registration): verdicts are counted apart", n)
+	}
+}
+
 func TestHealthCheckVerdicts(t *testing.T) {
 	tests := []struct {
 		mode, wantErr string
