@@ -59,13 +59,35 @@ func goTool() string {
 // (32768-60999 by default): a port from that range, once given back, may be
 // taken at once as the source port of any outgoing connection on the
 // machine (the tests make thousands), and weldr's listen would then fail.
+//
+// Test binaries run in parallel (go test ./...), and a port is free only
+// until weldr binds it: two tests could pick the same one. So a port is
+// also claimed, for the rest of the test, by a lock on a file named after
+// it that every test process on the machine respects.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	port, err := LoopbackPort()
-	if err != nil {
+	dir := filepath.Join(os.TempDir(), "weldr-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	return port
+	for range 100 {
+		port, err := LoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			f.Close() // claimed by another test
+			continue
+		}
+		t.Cleanup(func() { f.Close() }) // the lock goes with the file
+		return port
+	}
+	t.Fatal("no free port on 127.0.0.1 that no other test claimed")
+	return 0
 }
 
 // LoopbackPort is FreePort for programs (the benchmarks), with an error.
