@@ -263,6 +263,11 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	defer m.stopOnce.Do(func() { close(m.stopping) }) // before the drain: workers that exit now are not restarted
 	select {
 	case <-ctx.Done():
+		select {
+		case <-upg.Exit(): // and a new generation is ready: the socket is its
+			upgraded = true
+		default:
+		}
 		m.log.Info("stopping", "reason", context.Cause(ctx))
 	case <-upg.Exit():
 		upgraded = true
