@@ -218,9 +218,14 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		supervisors.Add(1)
 		go func() { defer supervisors.Done(); m.workerSupervisor(slot) }()
 	}
-	upgraded := false // a new generation has the socket; otherwise it is shut down
+	// live: this generation served. When it stops, it shuts the socket
+	// down unless a new generation holds it (m.handover, settled once
+	// stopUpgrades, deferred later and so run first, has returned). One
+	// that never got ready leaves it alone: the generation that started
+	// it may still be serving on it.
+	live := false
 	defer func() {
-		m.drainWorkers(&supervisors, !upgraded)
+		m.drainWorkers(&supervisors, live && !m.inHandover())
 	}()
 
 	if err := m.waitReady(ctx, m.workersCount, readyTimeout); err != nil {
@@ -253,6 +258,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	if err := upg.Ready(); err != nil {
 		return fmt.Errorf("signalling ready: %w", err)
 	}
+	live = true
 	stopUpgrades := m.handleUpgrades(upg, hup)
 	defer stopUpgrades()
 	stopTrim := trimMemory()
@@ -263,14 +269,8 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 	defer m.stopOnce.Do(func() { close(m.stopping) }) // before the drain: workers that exit now are not restarted
 	select {
 	case <-ctx.Done():
-		select {
-		case <-upg.Exit(): // and a new generation is ready: the socket is its
-			upgraded = true
-		default:
-		}
 		m.log.Info("stopping", "reason", context.Cause(ctx))
 	case <-upg.Exit():
-		upgraded = true
 		m.log.Info("new generation is ready, draining this one")
 	case err := <-adminDone:
 		adminDone <- err

@@ -76,6 +76,14 @@ func (m *Manager) setHandover(on bool) {
 	m.mu.Unlock()
 }
 
+// inHandover reports whether a new generation has been started and has not
+// failed: once the upgrader has stopped, whether it holds the sockets.
+func (m *Manager) inHandover() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.handover
+}
+
 // preflightTimeout bounds the check of a new binary and configuration.
 const preflightTimeout = 30 * time.Second
 

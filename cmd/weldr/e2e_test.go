@@ -57,6 +57,7 @@ type options struct {
 	// long sets the drain and response header timeouts to a minute (5 s
 	// otherwise), for tests that hold a request across a stop.
 	long bool
+	bin  string // the binary to run; weldrBin if empty
 }
 
 // startWeldr runs the binary with a loopback-only config and waits until all
@@ -106,7 +107,10 @@ level = "debug"
 		t.Fatal(err)
 	}
 	defer out.Close()
-	d.cmd = exec.Command(weldrBin, "-config", d.config)
+	if o.bin == "" {
+		o.bin = weldrBin
+	}
+	d.cmd = exec.Command(o.bin, "-config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = out, out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

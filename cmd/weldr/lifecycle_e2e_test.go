@@ -66,6 +66,58 @@ func TestUpgradesUnderLoadLoseNothing(t *testing.T) {
 	t.Logf("%d requests through 10 upgrades, %d failed", l.sent.Load(), l.failed.Load())
 }
 
+// A new generation that starts but never gets ready, and is stopped,
+// leaves the socket to the generation that started it, which keeps
+// serving: only a generation that served shuts the socket down as it stops.
+func TestNewGenerationStoppedBeforeReadyLeavesTheSocket(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "weldr")
+	b, err := os.ReadFile(weldrBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, options{bin: bin})
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	old := d.pid(t)
+
+	// The binary on disk becomes one whose process may open only 20
+	// files: the new manager gets as far as starting its workers, and
+	// fails to, again and again.
+	real := filepath.Join(dir, "weldr-real")
+	if err := os.WriteFile(real, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "weldr-new")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nulimit -n 20\nexec "+real+" \"$@\"\n"), 0o755)
+	if err := os.Rename(wrapper, bin); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(old, syscall.SIGHUP)
+	var next int
+	waitFor(t, 30*time.Second, "the new generation to fail to start its workers", func() bool {
+		for _, p := range children(old) {
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); !strings.Contains(string(cmdline), "worker") {
+				next = p
+			}
+		}
+		return next != 0 && strings.Count(d.log.String(), "too many open files") > 0
+	})
+	syscall.Kill(next, syscall.SIGTERM)
+	waitFor(t, 30*time.Second, "the old generation to say the upgrade failed", func() bool {
+		return strings.Contains(d.log.String(), "upgrade failed")
+	})
+	if got := d.pid(t); got != old || !alive(old) {
+		t.Fatalf("after the failed upgrade the PID file names %d (alive %v), want %d still serving", got, alive(old), old)
+	}
+	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
+		t.Errorf("GET / after the new generation was stopped before ready = %d %q, want 200 from a", code, body)
+	}
+}
+
 func TestBrokenConfigOnSIGHUPKeepsServing(t *testing.T) {
 	d := start(t, options{})
 	a := newOrigin(t, "a", "/health")
