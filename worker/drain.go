@@ -70,14 +70,16 @@ func (f *frontend) closeIdle(before time.Time) {
 }
 
 // closeAll closes every client connection, and every backend connection a
-// request waits on for its answer: the client's Close waits for that
-// request (see closeConns), which would otherwise wait for the answer or the
-// response header timeout.
+// request uses: the client's Close waits for that request (see
+// closeConns), which would otherwise wait on its backend, for the answer's
+// head up to the response header timeout, for its body without a limit.
+// A request that takes its backend connection after this closes it itself
+// (clientConn.track).
 func (f *frontend) closeAll() {
 	f.cut.Store(true)
 	f.mu.Lock()
 	for cc := range f.conns {
-		if up := cc.waitsOn.Load(); up != nil {
+		if up := cc.upstream.Load(); up != nil {
 			up.c.Close()
 		}
 	}

@@ -37,6 +37,14 @@ const maxInterim = 8
 // forward sends the request in cc.req to a backend and relays its answer.
 // It reports whether the connection may carry another request.
 func (cc *clientConn) forward() bool {
+	keep := cc.forwardOn()
+	cc.upstream.Store(nil)
+	return keep
+}
+
+// forwardOn is forward, but for forgetting the backend connection it used
+// (track).
+func (cc *clientConn) forwardOn() bool {
 	f, w, req := cc.f, cc.f.w, &cc.req
 	start := time.Now()
 	cc.idleFrom = time.Time{} // until an answer says when it ended
@@ -92,6 +100,7 @@ func (cc *clientConn) forward() bool {
 		b = next
 	}
 	defer b.inflight.Add(-1)
+	cc.track(up)
 
 	if req.expect && hasBody {
 		// weldr answers the expectation itself once a backend is
@@ -116,6 +125,7 @@ func (cc *clientConn) forward() bool {
 		if up.reused && attempt == 0 && !hasBody && res.headBytes == 0 && isStale(err) {
 			cc.flushHeld()
 			if up, err = f.up.dial(b); err == nil {
+				cc.track(up)
 				continue
 			}
 		}
@@ -131,6 +141,17 @@ func (cc *clientConn) forward() bool {
 		return false
 	}
 	return cc.relayResponse(up, b, start)
+}
+
+// track records up as the backend connection the request uses, for the
+// drain's deadline to close (frontend.closeAll); if the deadline came
+// first, it closes up itself. Either way the request ends without waiting
+// on the backend.
+func (cc *clientConn) track(up *upConn) {
+	cc.upstream.Store(up)
+	if cc.f.cut.Load() {
+		up.c.Close()
+	}
 }
 
 // exchange sends the request on up and reads the answer's head. inBody
@@ -171,8 +192,6 @@ func (cc *clientConn) readFinalResponse(up *upConn, sent time.Time) error {
 		// it until its next exchange sets its own.
 		up.sio.extendReadDeadline(sent.Add(t))
 	}
-	cc.waitsOn.Store(up) // for the drain's deadline to cut (closeAll)
-	defer cc.waitsOn.Store(nil)
 	for range maxInterim {
 		if err := readResponse(up.br, res, f.lim); err != nil {
 			return err
@@ -326,7 +345,9 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 		// cannot pass as complete.
 		up.c.Close()
 		bw.Flush()
-		b.stats.fail(&b.stats.broken)
+		if !f.cut.Load() { // not closed by the drain's deadline
+			b.stats.fail(&b.stats.broken)
+		}
 		w.stats.clientFailed.Add(1)
 		w.log.Debug("backend broke off the response", "server", b.id, "error", err)
 		cc.logAccess(start, res.status, n, b)

@@ -1139,6 +1139,55 @@ func TestDrainDeadlineCutsARequestWaitingOnItsBackend(t *testing.T) {
 	checkServer(t, h.totals(), ipc.ServerStats{ID: so.server.ID})
 }
 
+// At the drain's deadline an answer whose backend stalled in the middle of
+// the body is cut too, without counting against the backend.
+func TestDrainDeadlineCutsAnAnswerStalledMidBody(t *testing.T) {
+	stalled := make(chan struct{})
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "first")
+		w.(http.Flusher).Flush()
+		select {
+		case <-stalled:
+		case <-r.Context().Done():
+		}
+	})
+	t.Cleanup(func() { close(stalled) })
+	h := startWorker(t, testSettings(), s)
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(res.Body, make([]byte, 5)); err != nil {
+		t.Fatalf("first part of the body: %v", err)
+	}
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
+	h.mustReturn(t)
+	if _, err := io.ReadAll(res.Body); err == nil {
+		t.Error("the body cut by the drain's deadline read whole, want it cut short")
+	}
+	checkServer(t, h.totals(), ipc.ServerStats{ID: s.ID})
+}
+
+// A request that reaches its backend connection while answers before it
+// are held (see relayResponse) is cut at the drain's deadline as well.
+func TestDrainDeadlineCutsARequestBehindHeldAnswers(t *testing.T) {
+	so := newSlowOrigin(t, "a")
+	h := startWorker(t, holdFor(t, time.Minute), so.server) // past waitLimit
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	so.waitArrived(t)
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
+	h.mustReturn(t)
+	// The held answer to /fast goes out before the cut one, or with the
+	// connection closed.
+	if res, err := http.ReadResponse(br, nil); err == nil && res.StatusCode != http.StatusOK {
+		t.Errorf("GET /fast before the cut = %d, want 200", res.StatusCode)
+	}
+}
+
 func TestDrainAnswersKeptAliveConnection(t *testing.T) {
 	so := newSlowOrigin(t, "a")
 	h := startWorker(t, testSettings(), so.server)

@@ -141,8 +141,9 @@ type clientConn struct {
 	// nanoseconds since f.epoch; 0 while it does not wait. A drain closes
 	// connections idle long enough.
 	idleSince atomic.Int64
-	// waitsOn is the backend connection a request waits on for its answer.
-	waitsOn atomic.Pointer[upConn]
+	// upstream is the backend connection a request uses, until forward
+	// returns: the drain's deadline closes it.
+	upstream atomic.Pointer[upConn]
 
 	ready   int // what serveReady leaves to serve
 	readyFn func(fd uintptr) bool
