@@ -70,12 +70,14 @@ func FreePort(t testing.TB) int {
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
+	os.Chmod(dir, 0o1777) // past the umask: every user's tests share it, as /tmp
 	for range 100 {
 		port, err := LoopbackPort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		// Read-only: a lock needs no more, and another user's file allows it.
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(port)), os.O_CREATE|os.O_RDONLY, 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
