@@ -1525,6 +1525,29 @@ func TestSilentConnectionClosedAfterReadHeaderTimeout(t *testing.T) {
 	}
 }
 
+// The first head of a connection is bounded by the read header timeout from
+// when the connection came, not from its first byte: a client cannot hold
+// it for twice the timeout by sending a byte just in time.
+func TestFirstHeadWithinReadHeaderTimeoutOfTheConnection(t *testing.T) {
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "a") })
+	set := testSettings()
+	set.ReadHeaderTimeout = 2 * time.Second
+	set.IdleTimeout = time.Minute
+	h := startWorker(t, set, s)
+	c, br := dialRaw(t, h)
+	connected := time.Now()
+	time.Sleep(3 * set.ReadHeaderTimeout / 4) // letting time pass: the byte comes late
+	io.WriteString(c, "GET / HTTP/1.1\r\n")   // and the rest never
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("a head begun late and never finished = %v, %v; want 408", res, err)
+	}
+	// From the connection: 2 s. From the first byte it would be 3.5 s.
+	if took := time.Since(connected); took > 3*time.Second {
+		t.Errorf("408 came %v after the connection, want the read header timeout (%v) from it, not from its first byte", took, set.ReadHeaderTimeout)
+	}
+}
+
 // After refused connections a request tries each server that is up once,
 // removed servers still listed (not yet compacted) included in none.
 func TestRetriesTryEachLiveServerOnce(t *testing.T) {

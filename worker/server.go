@@ -324,7 +324,13 @@ func (cc *clientConn) serve() {
 		// common case.
 		headerDeadline := !headBuffered(cc.br)
 		if headerDeadline {
-			cc.sio.setReadDeadline(time.Now().Add(f.readHeaderTimeout))
+			from := time.Now()
+			if cc.fresh && !cc.idleFrom.IsZero() {
+				// The first head has the read header timeout from when
+				// the connection began to wait, not from its first byte.
+				from = cc.idleFrom
+			}
+			cc.sio.setReadDeadline(from.Add(f.readHeaderTimeout))
 		}
 		if err := readRequest(cc.br, &cc.req, f.lim); err != nil {
 			cc.requestFailed(err)
