@@ -1142,27 +1142,9 @@ func TestDrainDeadlineCutsARequestWaitingOnItsBackend(t *testing.T) {
 // At the drain's deadline an answer whose backend stalled in the middle of
 // the body is cut too, without counting against the backend.
 func TestDrainDeadlineCutsAnAnswerStalledMidBody(t *testing.T) {
-	stalled := make(chan struct{})
-	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "10")
-		io.WriteString(w, "first")
-		w.(http.Flusher).Flush()
-		select {
-		case <-stalled:
-		case <-r.Context().Done():
-		}
-	})
-	t.Cleanup(func() { close(stalled) })
+	s, _ := pausedOrigin(t) // resumed only when the test ends
 	h := startWorker(t, testSettings(), s)
-	c, br := dialRaw(t, h)
-	io.WriteString(c, "GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
-	res, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(res.Body, make([]byte, 5)); err != nil {
-		t.Fatalf("first part of the body: %v", err)
-	}
+	_, res := beginDownload(t, h)
 	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
 	h.mustReturn(t)
 	if _, err := io.ReadAll(res.Body); err == nil {
@@ -1234,8 +1216,35 @@ func TestDrainAnswersKeptAliveConnection(t *testing.T) {
 // under way at a reload does not hold the old worker for the whole drain
 // timeout.
 func TestDrainClosesAConnectionThatGoesIdleLater(t *testing.T) {
+	s, resume := pausedOrigin(t)
+	h := startWorker(t, testSettings(), s)
+	br, res := beginDownload(t, h)
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Minute})
+	h.waitListenerClosed(t)
+	// Past the drain's first sweep of idle connections, which finds this
+	// one busy.
+	time.Sleep(idleGrace + idleGrace/2)
+	resume()
+	if rest, err := io.ReadAll(res.Body); err != nil || string(rest) != "-last" {
+		t.Fatalf("rest of the body = %q, %v; want \"-last\"", rest, err)
+	}
+	if res.Close {
+		t.Fatal("the answer begun before the drain says Connection: close; this test needs one kept alive")
+	}
+	// waitLimit is far inside the drain's minute.
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("read on the connection idle after its answer = %v, want EOF: the drain should close it after idleGrace", err)
+	}
+	h.mustReturn(t)
+}
+
+// pausedOrigin is a backend whose answers have a 10-byte body: "first" at
+// once, "-last" once resume is called (when the test ends at the latest).
+func pausedOrigin(t *testing.T) (s ipc.Server, resume func()) {
 	release := make(chan struct{})
-	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+	var once sync.Once
+	resume = func() { once.Do(func() { close(release) }) }
+	_, s = origin(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "10")
 		io.WriteString(w, "first")
 		w.(http.Flusher).Flush()
@@ -1246,15 +1255,14 @@ func TestDrainClosesAConnectionThatGoesIdleLater(t *testing.T) {
 		}
 		io.WriteString(w, "-last")
 	})
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	h := startWorker(t, testSettings(), s)
+	t.Cleanup(resume) // before the backend's Close, which waits for the handler
+	return s, resume
+}
 
+// beginDownload sends a GET through h on a new connection and reads the
+// answer's head and the first part of its body from a pausedOrigin.
+func beginDownload(t *testing.T, h *harness) (*bufio.Reader, *http.Response) {
+	t.Helper()
 	c, br := dialRaw(t, h)
 	io.WriteString(c, "GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
 	res, err := http.ReadResponse(br, nil)
@@ -1262,27 +1270,10 @@ func TestDrainClosesAConnectionThatGoesIdleLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := make([]byte, 5)
-	if _, err := io.ReadFull(res.Body, first); err != nil {
-		t.Fatalf("first part of the body: %v", err)
+	if _, err := io.ReadFull(res.Body, first); err != nil || string(first) != "first" {
+		t.Fatalf("first part of the body = %q, %v; want \"first\"", first, err)
 	}
-	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: time.Minute})
-	h.waitListenerClosed(t)
-	// Past the drain's first sweep of idle connections, which finds this
-	// one busy.
-	time.Sleep(idleGrace + idleGrace/2)
-	close(release)
-	rest, err := io.ReadAll(res.Body)
-	if err != nil || string(first)+string(rest) != "first-last" {
-		t.Fatalf("body = %q, %v; want \"first-last\"", string(first)+string(rest), err)
-	}
-	if res.Close {
-		t.Fatal("the answer begun before the drain says Connection: close; this test needs one kept alive")
-	}
-	// waitLimit is far inside the drain's minute.
-	if _, err := br.ReadByte(); err != io.EOF {
-		t.Errorf("read on the connection idle after its answer = %v, want EOF: the drain should close it after idleGrace", err)
-	}
-	h.mustReturn(t)
+	return br, res
 }
 
 func TestRejectsAmbiguousRequests(t *testing.T) {
