@@ -303,16 +303,7 @@ func TestHealthVerdictPropagationIsMeasured(t *testing.T) {
 	if n := d.metric(t, "weldr_health_propagation_seconds_count"); n > 2 {
 		t.Errorf("weldr_health_propagation_seconds_count = %d, want at most 2 (down, then up)", n)
 	}
-	_, body := d.api(t, "GET", "/metrics", "")
-	sum := -1.0
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, "weldr_health_propagation_seconds_sum "); ok {
-			fmt.Sscan(v, &sum)
-		}
-	}
-	if sum <= 0 || sum >= 60 {
-		t.Errorf("weldr_health_propagation_seconds_sum = %g, want above 0 and well under a minute", sum)
-	}
+	d.checkOneClock(t, "weldr_health_propagation_seconds")
 	if n := d.metric(t, "weldr_pool_propagation_seconds_count"); n > 1 {
 		t.Errorf("weldr_pool_propagation_seconds_count = %d, want at most 1 (the registration): verdicts are counted apart", n)
 	}
@@ -405,15 +396,32 @@ func TestReloadAppliesNewHealthDefaults(t *testing.T) {
 // metric returns the value of one sample in GET /metrics, or -1.
 func (d *daemon) metric(t *testing.T, sample string) int64 {
 	t.Helper()
+	return int64(d.metricValue(t, sample))
+}
+
+// metricValue is metric for samples that are not whole numbers.
+func (d *daemon) metricValue(t *testing.T, sample string) float64 {
+	t.Helper()
 	_, body := d.api(t, "GET", "/metrics", "")
 	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			var n int64
+			var n float64
 			fmt.Sscan(v, &n)
 			return n
 		}
 	}
 	return -1
+}
+
+// checkOneClock checks the sum of a propagation histogram: a change
+// reaches a worker after the manager made it, on one clock, so the sum is
+// above zero, and far below a minute (the distance between two clocks that
+// are not the same).
+func (d *daemon) checkOneClock(t *testing.T, histogram string) {
+	t.Helper()
+	if sum := d.metricValue(t, histogram+"_sum"); sum <= 0 || sum >= 60 {
+		t.Errorf("%s_sum = %g, want above 0 and well under a minute", histogram, sum)
+	}
 }
 
 func TestStatsAndMetricsAreExact(t *testing.T) {
@@ -513,19 +521,7 @@ func TestPoolChangeMetrics(t *testing.T) {
 			t.Errorf("%s = %d, want %d", sample, got, want)
 		}
 	}
-	// A change reaches a worker after the manager made it, on one clock:
-	// the sum is above zero, and far below a minute (the distance between
-	// two clocks that are not the same).
-	_, body := d.api(t, "GET", "/metrics", "")
-	sum := -1.0
-	for _, line := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(line, "weldr_pool_propagation_seconds_sum "); ok {
-			fmt.Sscan(v, &sum)
-		}
-	}
-	if sum <= 0 || sum >= 60 {
-		t.Errorf("weldr_pool_propagation_seconds_sum = %g, want above 0 and well under a minute", sum)
-	}
+	d.checkOneClock(t, "weldr_pool_propagation_seconds")
 }
 
 func TestRefusingServerCausesNoClientErrors(t *testing.T) {
