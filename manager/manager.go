@@ -407,13 +407,15 @@ func (m *Manager) broadcastChange(msgs []*ipc.Message) {
 // broadcastVerdict broadcasts a health verdict (a server down or up), made
 // of msgs if any, and awaits its propagation. Called with m.mu held.
 func (m *Manager) broadcastVerdict(msgs []*ipc.Message) {
-	if len(msgs) > 0 {
-		m.broadcastTimed(msgs, m.metrics.verdictPropagation)
-	}
+	m.broadcastTimed(msgs, m.metrics.verdictPropagation)
 }
 
-// broadcastTimed broadcasts msgs and observes their propagation into h.
+// broadcastTimed broadcasts msgs, if any, and observes their propagation
+// into h.
 func (m *Manager) broadcastTimed(msgs []*ipc.Message, h *histogram) {
+	if len(msgs) == 0 {
+		return // no change: nothing to wait for
+	}
 	changedAt := ipc.Now() // before a worker can have it
 	m.broadcast(msgs)
 	m.awaitPropagation(m.version, changedAt, h)
