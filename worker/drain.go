@@ -12,7 +12,8 @@ import (
 const idleGrace = time.Second
 
 // drain stops the worker gracefully within timeout: it stops accepting (the
-// listening socket stays open in the manager and the other generation),
+// listening socket stays open in a new generation; when weldr stops, the
+// manager shuts it down),
 // answers the next request on every connection with "Connection: close",
 // lets requests in flight and tunnels finish, closes connections that stay
 // idle for idleGrace after the drain began (checking every sweepEvery), and
