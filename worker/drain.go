@@ -71,13 +71,15 @@ func (f *frontend) closeIdle(before time.Time) {
 }
 
 // closeAll closes every client connection, and every backend connection a
-// request uses: the client's Close waits for that request (see
-// closeConns), which would otherwise wait on its backend, for the answer's
-// head up to the response header timeout, for its body without a limit.
-// A request that takes its backend connection after this closes it itself
+// request uses or is still making: the client's Close waits for that
+// request (see closeConns), which would otherwise wait on its backend, to
+// connect up to the connect timeout, for the answer's head up to the
+// response header timeout, for its body without a limit. A request that
+// takes its backend connection after this closes it itself
 // (clientConn.track).
 func (f *frontend) closeAll() {
 	f.cut.Store(true)
+	f.endDials()
 	f.mu.Lock()
 	for cc := range f.conns {
 		if up := cc.upstream.Load(); up != nil {

@@ -82,11 +82,14 @@ func (cc *clientConn) forwardOn() bool {
 			w.stats.clientFailed.Add(1) // gone: nothing was sent
 			return false
 		}
-		if up, err = f.up.dial(b); err == nil {
+		if up, err = f.up.dial(f.dials, b); err == nil {
 			break
 		}
-		b.stats.fail(&b.stats.connectFailed)
 		b.inflight.Add(-1)
+		if f.cut.Load() { // the drain's deadline ended the attempt
+			return cc.backendFailed(start, b, err)
+		}
+		b.stats.fail(&b.stats.connectFailed)
 		next := s.after(b)
 		if next == nil || next == first || tries >= len(s.up) { // each server once
 			w.log.Debug("no server accepted the connection", "last", b.id, "error", err)
@@ -124,7 +127,7 @@ func (cc *clientConn) forwardOn() bool {
 		// be sent again (no body was consumed).
 		if up.reused && attempt == 0 && !hasBody && res.headBytes == 0 && isStale(err) {
 			cc.flushHeld()
-			if up, err = f.up.dial(b); err == nil {
+			if up, err = f.up.dial(f.dials, b); err == nil {
 				cc.track(up)
 				continue
 			}

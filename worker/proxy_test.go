@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -1090,10 +1091,11 @@ func TestDrainEndsTunnels(t *testing.T) {
 	}
 }
 
-// At the drain's deadline every connection is closed, and one whose
-// request waits on a backend does not hold up the others: closing it waits
-// for that request to finish (serveReady), so closes do not wait on each
-// other.
+// At the drain's deadline every connection is closed, while a request
+// waits on its backend. Closing that request's connection waits for its
+// serveReady callback, which ends only when the cut of its backend
+// connection reaches it; the closes run apart (closeConns), so the others
+// do not wait for it. (Since the cut, this no longer fails if they did.)
 func TestDrainDeadlineClosesAllDespiteARequestUnderWay(t *testing.T) {
 	so := newSlowOrigin(t, "a")
 	set := testSettings()
@@ -1137,6 +1139,44 @@ func TestDrainDeadlineCutsARequestWaitingOnItsBackend(t *testing.T) {
 	}
 	// The backend did nothing wrong.
 	checkServer(t, h.totals(), ipc.ServerStats{ID: so.server.ID})
+}
+
+// At the drain's deadline a request still connecting to its backend is cut
+// as well, without counting against the server.
+func TestDrainDeadlineCutsARequestStillConnecting(t *testing.T) {
+	silent := unanswering(t)
+	set := testSettings()
+	set.ConnectTimeout = time.Minute // past waitLimit
+	h := startWorker(t, set, silent)
+	res := h.getAsync("/")
+	waitConnecting(t, silent.ID)
+	h.send(t, ipc.Message{Kind: ipc.Drain, DrainTimeout: 300 * time.Millisecond})
+	h.mustReturn(t)
+	if r := waitResult(t, res); r.err == nil && r.code != http.StatusServiceUnavailable {
+		t.Errorf("GET / cut while connecting = %d %q, want 503 or a closed connection", r.code, r.body)
+	}
+	checkServer(t, h.totals(), ipc.ServerStats{ID: silent.ID})
+}
+
+// waitConnecting waits until a connection to addr (127.0.0.1:port) has sent
+// its SYN and waits for the answer, as /proc/net/tcp shows.
+func waitConnecting(t *testing.T, addr string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	remote := fmt.Sprintf("0100007F:%04X", p)
+	for deadline := time.Now().Add(waitLimit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 3 && f[2] == remote && f[3] == "02" { // SYN_SENT
+				return
+			}
+		}
+	}
+	t.Fatalf("no connection to %s began within %v", addr, waitLimit)
 }
 
 // At the drain's deadline an answer whose backend stalled in the middle of

@@ -3,6 +3,7 @@ package worker
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -46,6 +47,10 @@ type frontend struct {
 	zero    chan struct{}  // signalled when open drops to zero while draining
 	epoch   time.Time      // when the front end began: idle times count from it
 	cut     atomic.Bool    // a drain's deadline closed what was left
+	// dials holds the connections to backends being made; the drain's
+	// deadline ends it with endDials.
+	dials    context.Context
+	endDials context.CancelFunc
 }
 
 func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
@@ -62,6 +67,7 @@ func newFrontend(w *worker, set frontendConfig, sh Shared) *frontend {
 		zero:              make(chan struct{}, 1),
 		epoch:             time.Now(),
 	}
+	f.dials, f.endDials = context.WithCancel(context.Background())
 	f.open = &f.ownOpen
 	if sh.Board != nil {
 		f.pacer = newAcceptPacer(sh.Board, sh.Seat)

@@ -121,10 +121,10 @@ func (p *connPool) closeIdle() {
 	}
 }
 
-// dial connects to b. Failures are connectErrors: nothing was sent, so the
-// request may go to another server.
-func (u *upstreams) dial(b *backend) (*upConn, error) {
-	c, err := u.dialer.Dial("tcp", b.id)
+// dial connects to b, unless ctx ends first. Failures are connectErrors:
+// nothing was sent, so the request may go to another server.
+func (u *upstreams) dial(ctx context.Context, b *backend) (*upConn, error) {
+	c, err := u.dialer.DialContext(ctx, "tcp", b.id)
 	if err != nil {
 		return nil, &connectError{err: err}
 	}
@@ -132,7 +132,7 @@ func (u *upstreams) dial(b *backend) (*upConn, error) {
 	if b.scheme == "https" {
 		host, _, _ := net.SplitHostPort(b.id)
 		tc := tls.Client(c, &tls.Config{ServerName: host, NextProtos: []string{"http/1.1"}})
-		ctx, cancel := context.WithTimeout(context.Background(), u.dialer.Timeout+u.responseHeaderTimeout)
+		ctx, cancel := context.WithTimeout(ctx, u.dialer.Timeout+u.responseHeaderTimeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {

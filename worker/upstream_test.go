@@ -41,7 +41,7 @@ func TestIdleBackendConnHoldsNoBuffers(t *testing.T) {
 	if u.idle(b, true, time.Now()) != nil {
 		t.Fatal("an idle connection before any was put back")
 	}
-	uc, err := u.dial(b)
+	uc, err := u.dial(t.Context(), b)
 	if err != nil {
 		t.Fatal(err)
 	}
