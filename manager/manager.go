@@ -213,6 +213,10 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		defer f.Close() // after the workers are gone: deferred before their drain
 	}
 
+	// gone: this generation has drained (deferred first, so closed last).
+	gone := make(chan struct{})
+	defer close(gone)
+
 	var supervisors sync.WaitGroup
 	for slot := range m.workersCount {
 		supervisors.Add(1)
@@ -259,7 +263,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		return fmt.Errorf("signalling ready: %w", err)
 	}
 	live = true
-	stopUpgrades := m.handleUpgrades(upg, hup)
+	stopUpgrades := m.handleUpgrades(upg, hup, gone)
 	defer stopUpgrades()
 	stopTrim := trimMemory()
 	defer stopTrim()

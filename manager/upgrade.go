@@ -1,11 +1,14 @@
 package manager
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,17 +17,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// handleUpgrades starts a new generation through tableflip on every SIGHUP.
-// The new generation runs the binary now on disk with the configuration now
-// on disk; this one keeps serving until it is ready, and goes on serving if
-// it fails. It returns a function that stops handling and waits.
-func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal) (stop func()) {
+// handleUpgrades starts a new generation through tableflip on SIGHUP. The
+// new generation runs the binary now on disk with the configuration now on
+// disk; this one keeps serving until it is ready, and goes on serving if it
+// fails. Once one is ready, SIGHUPs are passed on to it until gone is
+// closed (see passOn). It returns a function that stops starting new
+// generations and waits.
+func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal, gone <-chan struct{}) (stop func()) {
 	done := make(chan struct{})
+	// parentGone: the generation this one took over from has exited, or
+	// there was none. tableflip starts no new generation before.
+	parentGone := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		m.upgrader(upg, hup, done)
+		upg.WaitForParent(ctx) // an error: it exited, but not cleanly
+		if ctx.Err() == nil {
+			close(parentGone)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		defer cancel()
+		if m.upgrader(upg, hup, parentGone, done) {
+			go m.passOn(hup, gone)
+		}
 	}()
 	return func() {
 		// Stop first: an upgrade in progress (a new generation starting)
@@ -37,13 +56,25 @@ func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal) 
 	}
 }
 
-// upgrader loops on SIGHUP.
-func (m *Manager) upgrader(upg *tableflip.Upgrader, hup <-chan os.Signal, done <-chan struct{}) {
+// upgrader loops on SIGHUP until done, or until a new generation is ready
+// (handedOver): this one has then handed over for good, and another
+// attempt would fail and take the handover back.
+func (m *Manager) upgrader(upg *tableflip.Upgrader, hup <-chan os.Signal, parentGone, done <-chan struct{}) (handedOver bool) {
 	for {
 		select {
 		case <-done:
-			return
+			return false
 		case <-hup:
+			select {
+			case <-parentGone:
+			default:
+				m.log.Info("SIGHUP: the previous generation is still draining; starting a new one once it has exited")
+				select {
+				case <-parentGone:
+				case <-done:
+					return false
+				}
+			}
 			m.log.Info("SIGHUP: starting a new generation")
 			if err := m.preflight(); err != nil {
 				m.upgradeFailures.Add(1)
@@ -66,8 +97,69 @@ func (m *Manager) upgrader(upg *tableflip.Upgrader, hup <-chan os.Signal, done <
 				continue
 			}
 			m.log.Info("new generation is ready")
+			return true
 		}
 	}
+}
+
+// passOn sends each SIGHUP that reaches this generation after it handed
+// over to the generation now serving, until gone. The signal was meant for
+// that one: systemd signals the process it knows as the main one, and
+// learns the new one's PID from the PID file only when this one exits,
+// after its drain. The new generation is found by the PID file, and is
+// this one's child until this one exits.
+func (m *Manager) passOn(hup <-chan os.Signal, gone <-chan struct{}) {
+	for {
+		select {
+		case <-gone:
+			return
+		case <-hup:
+			pid, err := m.successor()
+			if err == nil {
+				err = unix.Kill(pid, unix.SIGHUP)
+			}
+			if err != nil {
+				m.log.Warn("SIGHUP ignored: this generation has handed over and is draining; signal the new one", "error", err)
+				continue
+			}
+			m.log.Info("SIGHUP passed on to the new generation", "pid", pid)
+		}
+	}
+}
+
+// successor returns the PID of the generation that took over from this
+// one: the one the PID file names, if it is this process's child.
+func (m *Manager) successor() (int, error) {
+	path := m.cfg.Lifecycle.PIDFile
+	if path == "" {
+		return 0, errors.New("no lifecycle.pid_file to find the new generation by")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("PID file %s holds %q", path, b)
+	}
+	if ppid, err := parentOf(pid); err != nil || ppid != os.Getpid() {
+		return 0, fmt.Errorf("PID file %s names %d, not a process this one started", path, pid)
+	}
+	return pid, nil
+}
+
+// parentOf returns the parent process of pid, from /proc.
+func parentOf(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	return strconv.Atoi(f[1])
 }
 
 func (m *Manager) setHandover(on bool) {

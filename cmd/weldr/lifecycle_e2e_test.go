@@ -8,7 +8,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -115,6 +118,102 @@ func TestNewGenerationStoppedBeforeReadyLeavesTheSocket(t *testing.T) {
 	}
 	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
 		t.Errorf("GET / after the new generation was stopped before ready = %d %q, want 200 from a", code, body)
+	}
+}
+
+// A second SIGHUP that comes while a new generation starts reaches that
+// generation: the first, which systemd still knows as weldr's main process
+// while it drains, passes it on, and the second starts a third once the
+// first has exited (tableflip starts no new generation before). The socket
+// stays open throughout. The first used to take the second SIGHUP as an
+// upgrade of its own, fail, and, as it stopped, shut down the socket it
+// shares with the new generation.
+func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "weldr")
+	b, err := os.ReadFile(weldrBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, options{bin: bin, long: true})
+	arrived, release := make(chan struct{}), make(chan struct{})
+	d.register(t, httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, "done")
+	}))
+	released := sync.OnceFunc(func() { close(release) })
+	defer released()
+	first := d.pid(t)
+	firstTree := append(children(first), first)
+	// A request under way keeps the first generation draining.
+	slow := make(chan error, 1)
+	go func() {
+		res, err := http.Get(d.proxy + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(res.Body)
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	<-arrived
+
+	// The binary on disk becomes one that takes a second to start, so that
+	// the second SIGHUP comes while the new generation starts.
+	real := filepath.Join(dir, "weldr-real")
+	if err := os.WriteFile(real, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "weldr-new")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nsleep 1\nexec "+real+" \"$@\"\n"), 0o755)
+	if err := os.Rename(wrapper, bin); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(first, syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the first SIGHUP to be taken", func() bool {
+		return strings.Contains(d.log.String(), "SIGHUP: starting a new generation")
+	})
+	syscall.Kill(first, syscall.SIGHUP)
+
+	passedOn := regexp.MustCompile(`SIGHUP passed on to the new generation" pid=(\d+)`)
+	var m []string
+	waitFor(t, 30*time.Second, "the first generation to pass the second SIGHUP on", func() bool {
+		m = passedOn.FindStringSubmatch(d.log.String())
+		return m != nil
+	})
+	second, _ := strconv.Atoi(m[1])
+	if got := d.pid(t); got != second {
+		t.Errorf("the PID file names %d, want the generation the SIGHUP was passed to, %d", got, second)
+	}
+	waitFor(t, 10*time.Second, "the second generation to wait for the first's drain", func() bool {
+		return strings.Contains(d.log.String(), "the previous generation is still draining")
+	})
+	if code, _, body := d.get(t, "/"); code != 200 || body != "done" {
+		t.Errorf("GET / while the first generation drains = %d %q, want 200", code, body)
+	}
+
+	released()
+	if err := <-slow; err != nil {
+		t.Errorf("the request under way across both SIGHUPs: %v", err)
+	}
+	waitFor(t, 15*time.Second, "the first generation to exit, workers included", func() bool { return exited(firstTree...) })
+	if code, _, body := d.get(t, "/"); code != 200 || body != "done" {
+		t.Errorf("GET / once the first generation exited = %d %q, want 200", code, body)
+	}
+	waitFor(t, 30*time.Second, "a third generation in the PID file", func() bool {
+		pid := d.pid(t)
+		return pid != first && pid != second
+	})
+	if code, _, body := d.get(t, "/"); code != 200 || body != "done" {
+		t.Errorf("GET / from the third generation = %d %q, want 200", code, body)
+	}
+	if strings.Contains(d.log.String(), "upgrade failed") {
+		t.Error("an upgrade failed; want each SIGHUP to start a generation")
 	}
 }
 
