@@ -42,6 +42,9 @@ type Manager struct {
 	// it could not be made.
 	board     *ipc.Board
 	boardFile *os.File
+	// handed is the memory file the pool is handed over in (handPool),
+	// nil until the first SIGHUP. Only the upgrader uses it.
+	handed *os.File
 
 	// mu guards the pool, its version, the workers and the ready count. It
 	// is held across a pool mutation and its broadcast, so that workers see

@@ -204,7 +204,9 @@ const handedPoolName = "weldr-pool"
 
 // handPool passes the registered servers to the next generation in a
 // memory file, so that an upgrade keeps them even with no state file, or
-// one that could not be written.
+// one that could not be written. The file is made and given to tableflip
+// once, and rewritten for every later attempt: tableflip keeps a copy of
+// each file it is given, and replacing one does not close the old.
 func (m *Manager) handPool(upg *tableflip.Upgrader) error {
 	m.mu.Lock()
 	b, err := encodeState(m.registered())
@@ -212,20 +214,30 @@ func (m *Manager) handPool(upg *tableflip.Upgrader) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.MemfdCreate(handedPoolName, unix.MFD_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("creating memory file: %w", err)
+	if m.handed == nil {
+		fd, err := unix.MemfdCreate(handedPoolName, unix.MFD_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("creating memory file: %w", err)
+		}
+		f := os.NewFile(uintptr(fd), handedPoolName)
+		if err := upg.AddFile(handedPoolName, f); err != nil {
+			f.Close()
+			return err
+		}
+		m.handed = f // tableflip's copy shares its contents
 	}
-	f := os.NewFile(uintptr(fd), handedPoolName)
-	defer f.Close()
-	if _, err := f.Write(b); err != nil {
+	if err := m.handed.Truncate(0); err != nil {
+		return fmt.Errorf("emptying memory file: %w", err)
+	}
+	if _, err := m.handed.WriteAt(b, 0); err != nil {
+		m.handed.Truncate(0) // empty: none handed (takeHandedPool)
 		return fmt.Errorf("writing memory file: %w", err)
 	}
-	return upg.AddFile(handedPoolName, f)
+	return nil
 }
 
 // takeHandedPool returns the pool the previous generation handed over, or
-// nil if there was no previous generation.
+// nil if there was no previous generation or it could not write the pool.
 func takeHandedPool(upg *tableflip.Upgrader) ([]byte, error) {
 	f, err := upg.File(handedPoolName)
 	if err != nil || f == nil {
@@ -237,5 +249,9 @@ func takeHandedPool(upg *tableflip.Upgrader) ([]byte, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	return io.ReadAll(io.LimitReader(f, 256<<20))
+	b, err := io.ReadAll(io.LimitReader(f, 256<<20))
+	if len(b) == 0 {
+		return nil, err
+	}
+	return b, err
 }

@@ -217,6 +217,69 @@ func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
 	}
 }
 
+// Failed upgrades cost nothing that stays: the memory file the pool is
+// handed over in is made once, not once per attempt, and the pool still
+// reaches the generation that finally starts.
+func TestFailedUpgradesLeaveNoMemoryFiles(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "weldr")
+	b, err := os.ReadFile(weldrBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, options{bin: bin})
+	a := newOrigin(t, "a", "/health")
+	d.register(t, a.url())
+	pid := d.pid(t)
+
+	// The binary on disk passes the check of its configuration, then
+	// exits at once: each new generation fails before it is ready.
+	real := filepath.Join(dir, "weldr-real")
+	if err := os.WriteFile(real, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "weldr-new")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\ncase \"$1\" in -check-config) exec "+real+" \"$@\";; esac\nexit 1\n"), 0o755)
+	if err := os.Rename(wrapper, bin); err != nil {
+		t.Fatal(err)
+	}
+	memfds := func() (n int) {
+		entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range entries {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); strings.HasPrefix(l, "/memfd:weldr-pool") {
+				n++
+			}
+		}
+		return n
+	}
+	var after []int
+	for i := range 4 {
+		syscall.Kill(pid, syscall.SIGHUP)
+		waitFor(t, 30*time.Second, fmt.Sprintf("failed upgrade %d to be counted", i+1), func() bool {
+			return d.metric(t, "weldr_upgrade_failures_total") == int64(i+1)
+		})
+		after = append(after, memfds())
+	}
+	if after[0] == 0 || after[3] != after[0] {
+		t.Errorf("memory files holding the pool after each of 4 failed upgrades: %v, want as many after the last as after the first", after)
+	}
+
+	// The real binary again: the pool reaches the new generation.
+	if err := os.WriteFile(wrapper, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(wrapper, bin); err != nil {
+		t.Fatal(err)
+	}
+	d.upgrade(t)
+	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
+		t.Errorf("GET / after the upgrade = %d %q, want 200 from a", code, body)
+	}
+}
+
 func TestBrokenConfigOnSIGHUPKeepsServing(t *testing.T) {
 	d := start(t, options{})
 	a := newOrigin(t, "a", "/health")
