@@ -135,9 +135,10 @@ func (m *Manager) healthProber(ctx context.Context) {
 			m.mu.Unlock()
 			continue
 		}
-		s.probe.checking = true
-		seq, target, hc, conn := s.probe.seq, s.URL, s.Health, s.probe.conn
-		s.probe.conn = nil
+		p := s.probe
+		p.checking = true
+		seq, target, hc, conn := p.seq, s.URL, s.Health, p.conn
+		p.conn = nil
 		m.mu.Unlock()
 
 		start := time.Now()
@@ -149,7 +150,7 @@ func (m *Manager) healthProber(ctx context.Context) {
 			}
 			return
 		}
-		m.recordCheck(id, seq, target, conn, err)
+		m.recordCheck(id, p, seq, target, conn, err)
 	}
 }
 
@@ -194,12 +195,22 @@ func (m *Manager) checkTLS(ctx context.Context, target string, hc HealthCheck) e
 	return nil
 }
 
-// recordCheck applies a check's result: counts, state changes (broadcast
-// to every worker and logged once), and the next check.
-func (m *Manager) recordCheck(id string, seq uint64, target string, conn net.Conn, err error) {
+// recordCheck applies the result of a check made by p: counts, state
+// changes (broadcast to every worker and logged once), and the next check.
+func (m *Manager) recordCheck(id string, p *probe, seq uint64, target string, conn net.Conn, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.pool.Get(id)
+	if s != nil && s.probe != p {
+		// Removed and registered again during the check: the result is
+		// the earlier registration's, and the new one has checks of its
+		// own.
+		if conn != nil {
+			conn.Close()
+		}
+		m.log.Debug("health check result dropped: the server was registered again meanwhile", "server", id)
+		return
+	}
 	if s == nil || s.probe == nil || s.URL != target {
 		if conn != nil {
 			conn.Close() // removed, or its URL changed, meanwhile

@@ -372,6 +372,34 @@ func TestPerServerHealthSettings(t *testing.T) {
 	}
 }
 
+// A server removed and registered again while a check of it hangs is
+// judged by the new registration's checks only: the hung check's failure,
+// when it times out, belongs to the old one.
+func TestCheckOfAnEarlierRegistrationIsDropped(t *testing.T) {
+	d := startWeldr(t, 1, "[health]\ninterval = \"1m\"\n")
+	b := newOrigin(t, "b", "/health")
+	b.mode.Store("hang")
+	reg := `{"url": "` + b.url() + `", "health_check": {"path": "/health", "timeout": "1s", "fall": 1}}`
+	if code, body := d.api(t, "POST", "/servers", reg); code != http.StatusCreated {
+		t.Fatalf("POST = %d %s, want 201", code, body)
+	}
+	waitFor(t, 10*time.Second, "the first check to hang", func() bool { return b.checks.Load() == 1 })
+	host, port, _ := net.SplitHostPort(b.addr)
+	if code, body := d.api(t, "DELETE", "/servers/"+host+"/"+port, ""); code != http.StatusNoContent {
+		t.Fatalf("DELETE = %d %s, want 204", code, body)
+	}
+	b.mode.Store("ok")
+	if code, body := d.api(t, "POST", "/servers", reg); code != http.StatusCreated {
+		t.Fatalf("POST again = %d %s, want 201", code, body)
+	}
+	waitFor(t, 10*time.Second, "the hung check's result to be dropped, or taken", func() bool {
+		return strings.Contains(d.log.String(), "health check result dropped") || d.server(t, b.addr).State == "down"
+	})
+	if s := d.server(t, b.addr); s.State != "up" || s.Fails != 0 {
+		t.Errorf("b after the earlier registration's check failed = %s with %d failures (%q), want up with none", s.State, s.Fails, s.LastError)
+	}
+}
+
 // A reload with new [health] defaults changes the servers registered with
 // no settings of their own, and keeps the settings a server was registered
 // with.
