@@ -544,8 +544,13 @@ func (c *Config) WorkerCount() int {
 	if c.Proxy.Workers > 0 {
 		return c.Proxy.Workers
 	}
-	// The affinity mask, unlike the machine's CPU count, honours taskset and
-	// systemd's CPUAffinity=; runtime.NumCPU reads it only once, at start.
+	return affinityCPUs()
+}
+
+// affinityCPUs returns the number of CPUs in the process's affinity mask,
+// which, unlike the machine's CPU count, honours taskset and systemd's
+// CPUAffinity=; runtime.NumCPU reads it only once, at start.
+func affinityCPUs() int {
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err == nil && set.Count() > 0 {
 		return set.Count()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"golang.org/x/sys/unix"
 )
 
 // writeConfig writes data to a config file in a fresh temporary directory and
@@ -745,6 +746,21 @@ func TestConfigWorkerCount(t *testing.T) {
 	c.Proxy.Workers = 0
 	if got := c.WorkerCount(); got < 1 || got > runtime.NumCPU() {
 		t.Errorf("WorkerCount() with proxy.workers = 0 = %d, want 1..%d", got, runtime.NumCPU())
+	}
+}
+
+// GOMAXPROCS in the environment is for the manager: the workers still
+// share every CPU the process may run on.
+func TestWorkersShareTheCPUsWhateverGOMAXPROCSSays(t *testing.T) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Skip(err)
+	}
+	if got := countCPUs("1"); got != set.Count() {
+		t.Errorf("countCPUs with GOMAXPROCS=1 = %d, want the affinity mask's %d CPUs", got, set.Count())
+	}
+	if got := countCPUs(""); got < 1 || got > set.Count() {
+		t.Errorf("countCPUs without GOMAXPROCS = %d, want 1..%d", got, set.Count())
 	}
 }
 

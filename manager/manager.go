@@ -510,10 +510,20 @@ func (m *Manager) drainWorkers(supervisors *sync.WaitGroup, final bool) {
 	<-done
 }
 
-// cpus is the number of CPUs the process may use, as the runtime counted
-// them at start-up (affinity and cgroup quota included), before Run gives
-// the manager itself one.
-var cpus = runtime.GOMAXPROCS(0)
+// cpus is the number of CPUs the workers share (see countCPUs), counted at
+// start-up, before Run gives the manager itself one.
+var cpus = countCPUs(os.Getenv("GOMAXPROCS"))
+
+// countCPUs returns the number of CPUs the process may use, as the runtime
+// counts them (affinity and cgroup quota included), unless gomaxprocs, the
+// environment's GOMAXPROCS, set that count: it is meant for the manager
+// alone, and the workers then share the CPUs of the affinity mask.
+func countCPUs(gomaxprocs string) int {
+	if gomaxprocs == "" {
+		return runtime.GOMAXPROCS(0)
+	}
+	return affinityCPUs()
+}
 
 // procsPerWorker shares the CPUs among the workers: with as many workers as
 // CPUs each gets one, like nginx's single-threaded workers, which spares the
