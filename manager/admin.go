@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -293,6 +294,9 @@ func bodyError(err error) error {
 
 func (m *Manager) removeServer(r *http.Request) (int, any, error) {
 	ip := strings.ToLower(strings.Trim(r.PathValue("ip"), "[]"))
+	if addr, err := netip.ParseAddr(ip); err == nil && addr.Zone() == "" {
+		ip = addr.String() // as registered (canonicalHost): 2001:db8:0::1 is 2001:db8::1
+	}
 	port, err := strconv.Atoi(r.PathValue("port"))
 	if err != nil || port < 1 || port > 65535 {
 		return 0, nil, errorf(http.StatusBadRequest, "port: must be a number from 1 to 65535")

@@ -149,6 +149,13 @@ func TestAdminIPv6Server(t *testing.T) {
 	if code, _, body := call(t, srv, "DELETE", "/servers/::1/9001", ""); code != http.StatusNoContent {
 		t.Errorf("DELETE /servers/::1/9001 = %d %s, want 204", code, body)
 	}
+	// An address is one server however it is spelled.
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://[2001:DB8::1]:9001"}`); code != http.StatusCreated {
+		t.Fatalf("POST ipv6 = %d %s, want 201", code, body)
+	}
+	if code, _, body := call(t, srv, "DELETE", "/servers/[2001:db8:0:0::0001]/9001", ""); code != http.StatusNoContent {
+		t.Errorf("DELETE /servers/[2001:db8:0:0::0001]/9001 = %d %s, want 204", code, body)
+	}
 }
 
 func TestAdminRejectsBadInput(t *testing.T) {
