@@ -213,6 +213,12 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		m.waitInForce(r.Context(), version)
 		return http.StatusOK, v, nil
 	}
+	if m.pool.Bytes()-encodedSize(m.pool.Get(s.ID))+encodedSize(&s) > m.maxPoolBytes {
+		n := m.pool.Len()
+		m.mu.Unlock()
+		return 0, nil, errorf(http.StatusInsufficientStorage,
+			"the pool is full: %d servers, and one more would not fit the %d bytes in which the workers get it", n, m.maxPoolBytes)
+	}
 	c := &change{add: &s}
 	m.queued = append(m.queued, c)
 	m.mu.Unlock()

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -138,6 +139,35 @@ func TestAdminStaticServerIsChangedInTheConfigFile(t *testing.T) {
 	}
 	if len(q) != 0 {
 		t.Errorf("the requests broadcast %d messages, want none", len(q))
+	}
+}
+
+// The admin API refuses a server that would make the pool too large for
+// the frame that hands it to a worker: 507, nothing changed, and room again
+// once a server is removed.
+func TestAdminRefusesAServerThePoolHasNoRoomFor(t *testing.T) {
+	m, srv, _ := newTestManager(t, Default())
+	one := &Server{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001"}
+	m.maxPoolBytes = 3 * encodedSize(one)
+	for port := 9001; port <= 9003; port++ {
+		if code, _, body := call(t, srv, "POST", "/servers", fmt.Sprintf(`{"url": "http://127.0.0.1:%d"}`, port)); code != http.StatusCreated {
+			t.Fatalf("POST %d = %d %s, want 201", port, code, body)
+		}
+	}
+	code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9004"}`)
+	if code != http.StatusInsufficientStorage || !strings.Contains(body, "pool is full") {
+		t.Errorf("POST a fourth = %d %s, want 507 saying the pool is full", code, body)
+	}
+	if n := m.poolLen(); n != 3 {
+		t.Errorf("pool after the refused POST has %d servers, want 3", n)
+	}
+	// Registering a server again takes no more room.
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9002", "weight": 7}`); code != http.StatusOK {
+		t.Errorf("POST an existing server again = %d %s, want 200", code, body)
+	}
+	call(t, srv, "DELETE", "/servers/127.0.0.1/9001", "")
+	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9004"}`); code != http.StatusCreated {
+		t.Errorf("POST a fourth after a DELETE = %d %s, want 201", code, body)
 	}
 }
 

@@ -77,6 +77,7 @@ type Manager struct {
 	upgradeFailures atomic.Uint64 // SIGHUPs whose new generation failed
 	stateFailures   atomic.Uint64 // state file writes that failed
 	workersCount    int
+	maxPoolBytes    int // the most the admin API lets the pool take in a snapshot
 }
 
 // New returns a manager for cfg with the static servers of cfg and the
@@ -102,6 +103,7 @@ func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) 
 		changed:      make(chan struct{}),
 		stopping:     make(chan struct{}),
 		workersCount: cfg.WorkerCount(),
+		maxPoolBytes: maxPoolBytes,
 		settings: &ipc.Settings{
 			Balance:               cfg.Proxy.Balance,
 			ConnectTimeout:        time.Duration(cfg.Proxy.ConnectTimeout),
@@ -191,6 +193,13 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	m.configPath = configPath
 	return m.serve(ctx, upg, hup, proxyLn, adminLn)
 }
+
+// maxPoolBytes is the most the servers registered through the admin API
+// may take in a snapshot, which reaches a worker in one IPC frame: a
+// quarter of ipc.MaxFrameSize is left for the settings and for additions
+// queued together. About 22,000 servers with 250-character host names,
+// 170,000 with IPv4 addresses.
+const maxPoolBytes = ipc.MaxFrameSize * 3 / 4
 
 // readyTimeout bounds how long the manager waits for its first workers.
 const readyTimeout = 30 * time.Second

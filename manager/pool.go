@@ -62,7 +62,24 @@ type Pool struct {
 	// ones (at most as many as are in): removing from the middle of 10,000
 	// entries at every DELETE would make a burst of them quadratic.
 	order []*Server
+	bytes int // the servers' share of a snapshot, at most (encodedSize)
 }
+
+// serverOverhead bounds what a snapshot adds to a server's ID and URL:
+// msgpack's map and string headers, the field names, weight and state.
+const serverOverhead = 32
+
+// encodedSize bounds the bytes s takes in a snapshot; 0 for nil.
+func encodedSize(s *Server) int {
+	if s == nil {
+		return 0
+	}
+	return len(s.ID) + len(s.URL) + serverOverhead
+}
+
+// Bytes bounds the bytes the servers take in a snapshot (Snapshot), which
+// reaches a worker in one IPC frame.
+func (p *Pool) Bytes() int { return p.bytes }
 
 // NewPool returns an empty pool.
 func NewPool() *Pool {
@@ -77,6 +94,7 @@ func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 		if old.unchangedBy(&s) {
 			return false, nil
 		}
+		p.bytes += encodedSize(&s) - encodedSize(old)
 		old.URL, old.Weight, old.Health, old.Overrides = s.URL, s.Weight, s.Health, s.Overrides
 		old.Static = old.Static || s.Static
 		return false, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{old.ipc()}}}
@@ -85,6 +103,7 @@ func (p *Pool) Add(s Server) (added bool, msgs []*ipc.Message) {
 	ns.removed = false
 	p.servers[s.ID] = &ns
 	p.order = append(p.order, &ns)
+	p.bytes += encodedSize(&ns)
 	return true, []*ipc.Message{{Kind: ipc.AddServer, Servers: ipc.Servers{ns.ipc()}}}
 }
 
@@ -94,6 +113,7 @@ func (p *Pool) Remove(id string) (removed bool, msgs []*ipc.Message) {
 	if p.servers[id] == nil {
 		return false, nil
 	}
+	p.bytes -= encodedSize(p.servers[id])
 	p.servers[id].removed = true
 	delete(p.servers, id)
 	if removed := len(p.order) - len(p.servers); removed > len(p.servers) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weldr-proxy/weldr/ipc"
@@ -168,5 +169,61 @@ func TestAckLogRoutedAt(t *testing.T) {
 	}
 	if at, ok := l.routedAt(6); at != 1000 || !ok {
 		t.Errorf("routedAt(6) after wrapping = %d, %v; want 1000 (the oldest left), true", at, ok)
+	}
+}
+
+// Pool.Bytes bounds what the servers take in a snapshot, whatever their
+// addresses, weights and states, through additions, updates and removals.
+func TestPoolBytesBoundTheSnapshot(t *testing.T) {
+	p := NewPool()
+	size := func() int {
+		empty, err := ipc.AppendFrame(nil, NewPool().Snapshot(&ipc.Settings{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		full, err := ipc.AppendFrame(nil, p.Snapshot(&ipc.Settings{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(full) - len(empty)
+	}
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)
+	for i := range 300 {
+		host := fmt.Sprintf("10.0.%d.%d", i/250, i%250)
+		switch i % 3 {
+		case 1:
+			host = fmt.Sprintf("[2001:db8::%x]", i)
+		case 2:
+			host = fmt.Sprintf("%03d", i) + long[3:]
+		}
+		s := Server{ID: host + ":65535", URL: "https://" + host + ":65535", Weight: 1000}
+		p.Add(s)
+		if i%5 == 0 {
+			p.SetDown(s.ID, true)
+		}
+	}
+	if got, bound := size(), p.Bytes(); got > bound || got < bound/2 {
+		t.Errorf("300 servers take %d bytes in a snapshot, Bytes() = %d: want a bound, and not a loose one", got, bound)
+	}
+	for s := range p.All() {
+		if s.Weight == 1000 {
+			u := *s
+			u.URL, u.Weight = "http://"+s.ID, 1
+			p.Add(u)
+		}
+	}
+	for i, s := range p.List() {
+		if i%2 == 0 {
+			p.Remove(s.ID)
+		}
+	}
+	if got, bound := size(), p.Bytes(); got > bound || got < bound/2 {
+		t.Errorf("after updates and removals: %d bytes in a snapshot, Bytes() = %d: want a bound, and not a loose one", got, bound)
+	}
+	for _, s := range p.List() {
+		p.Remove(s.ID)
+	}
+	if p.Bytes() != 0 {
+		t.Errorf("Bytes() of an emptied pool = %d, want 0", p.Bytes())
 	}
 }
