@@ -138,9 +138,7 @@ func newManager(cfg *Config, log *slog.Logger, handed []byte) (*Manager, error) 
 		// each with this error, until the file can be saved.
 		log.Error("admin changes will be refused until the state file can be saved", "error", err)
 	}
-	if handed != nil {
-		m.loadHanded(handed)
-	} else {
+	if handed == nil || !m.loadHanded(handed) {
 		m.loadState()
 	}
 	return m, nil
@@ -182,15 +180,16 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	if err != nil {
 		return fmt.Errorf("admin.listen: %w", err)
 	}
-	handed, err := takeHandedPool(upg)
+	handed, handedFile, err := takeHandedPool(upg)
 	if err != nil {
-		log.Error("reading the pool handed over by the previous generation", "error", err)
+		log.Error("reading the pool handed over by the previous generation; reading the state file instead", "error", err)
 	}
 	m, err := newManager(cfg, log, handed)
 	if err != nil {
 		return err
 	}
 	m.configPath = configPath
+	m.handed = handedFile
 	return m.serve(ctx, upg, hup, proxyLn, adminLn)
 }
 

@@ -198,16 +198,19 @@ func (m *Manager) registered() []Server {
 // loadHanded adds the servers the previous generation handed over at an
 // upgrade: the pool as it was in memory, which the state file may lag (or
 // not exist). Like the state file, it never stops the configured servers.
-func (m *Manager) loadHanded(b []byte) {
+// It reports false if the pool cannot be parsed: the state file is then
+// the best there is.
+func (m *Manager) loadHanded(b []byte) (ok bool) {
 	servers, bad, err := parseState(b, "the pool handed over by the previous generation", m.cfg.Health)
 	if err != nil {
-		m.log.Error("could not take over the previous generation's pool; serving the configured servers only", "error", err)
-		return
+		m.log.Error("could not take over the previous generation's pool; reading the state file instead", "error", err)
+		return false
 	}
 	for _, e := range bad {
 		m.log.Error("handed-over pool: skipping a server", "error", e)
 	}
 	m.addSaved(servers, "the previous generation")
+	return true
 }
 
 // addSaved adds saved servers that the configuration file does not have.

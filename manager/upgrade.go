@@ -205,9 +205,16 @@ const handedPoolName = "weldr-pool"
 // handPool passes the registered servers to the next generation in a
 // memory file, so that an upgrade keeps them even with no state file, or
 // one that could not be written. The file is made and given to tableflip
-// once, and rewritten for every later attempt: tableflip keeps a copy of
-// each file it is given, and replacing one does not close the old.
+// once, or was inherited (tableflip passes that one on), and is rewritten
+// for every attempt: tableflip keeps a copy of each file it is given, and
+// replacing one does not close the old. It is emptied first, so that a
+// failure leaves nothing older to hand over.
 func (m *Manager) handPool(upg *tableflip.Upgrader) error {
+	if m.handed != nil {
+		if err := m.handed.Truncate(0); err != nil {
+			return fmt.Errorf("emptying memory file: %w", err)
+		}
+	}
 	m.mu.Lock()
 	b, err := encodeState(m.registered())
 	m.mu.Unlock()
@@ -226,9 +233,6 @@ func (m *Manager) handPool(upg *tableflip.Upgrader) error {
 		}
 		m.handed = f // tableflip's copy shares its contents
 	}
-	if err := m.handed.Truncate(0); err != nil {
-		return fmt.Errorf("emptying memory file: %w", err)
-	}
 	if _, err := m.handed.WriteAt(b, 0); err != nil {
 		m.handed.Truncate(0) // empty: none handed (takeHandedPool)
 		return fmt.Errorf("writing memory file: %w", err)
@@ -237,21 +241,23 @@ func (m *Manager) handPool(upg *tableflip.Upgrader) error {
 }
 
 // takeHandedPool returns the pool the previous generation handed over, or
-// nil if there was no previous generation or it could not write the pool.
-func takeHandedPool(upg *tableflip.Upgrader) ([]byte, error) {
+// nil if there was no previous generation, it could not write the pool, or
+// the pool could not be read; and the memory file it came in, if any, which
+// tableflip will pass on to the next generation as it is, so the caller
+// must keep it for handPool to rewrite.
+func takeHandedPool(upg *tableflip.Upgrader) ([]byte, *os.File, error) {
 	f, err := upg.File(handedPoolName)
 	if err != nil || f == nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer f.Close()
 	// The memory file shares its offset with the writer's copy, which left
 	// it at the end.
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
+		return nil, f, err
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 256<<20))
-	if len(b) == 0 {
-		return nil, err
+	if err != nil || len(b) == 0 {
+		return nil, f, err
 	}
-	return b, err
+	return b, f, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -277,6 +279,38 @@ func TestFailedUpgradesLeaveNoMemoryFiles(t *testing.T) {
 	d.upgrade(t)
 	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
 		t.Errorf("GET / after the upgrade = %d %q, want 200 from a", code, body)
+	}
+}
+
+// Each upgrade hands over the pool as it is then, with no state file to
+// fall back on: what the second generation registered and removed reaches
+// the third, through the memory file the second inherited and rewrote.
+func TestUpgradesHandOverThePoolAsItIsThen(t *testing.T) {
+	d := start(t, options{}) // no state file
+	a, b, c := newOrigin(t, "a", "/health"), newOrigin(t, "b", "/health"), newOrigin(t, "c", "/health")
+	d.register(t, a.url())
+	d.register(t, b.url())
+	d.upgrade(t)
+	d.register(t, c.url())
+	host, port, _ := net.SplitHostPort(a.addr)
+	if code, body := d.api(t, "DELETE", "/servers/"+host+"/"+port, ""); code != http.StatusNoContent {
+		t.Fatalf("DELETE a = %d %s, want 204", code, body)
+	}
+	d.upgrade(t)
+	_, body := d.api(t, "GET", "/servers", "")
+	var servers []serverView
+	if err := json.Unmarshal([]byte(body), &servers); err != nil {
+		t.Fatalf("GET /servers: %v in %s", err, body)
+	}
+	var ids []string
+	for _, s := range servers {
+		ids = append(ids, s.ID)
+	}
+	slices.Sort(ids)
+	want := []string{b.addr, c.addr}
+	slices.Sort(want)
+	if !slices.Equal(ids, want) {
+		t.Errorf("servers after the second upgrade = %v, want b and c %v, as the second generation left them", ids, want)
 	}
 }
 
