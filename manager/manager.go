@@ -523,14 +523,16 @@ func (m *Manager) drainWorkers(supervisors *sync.WaitGroup, final bool) {
 var cpus = countCPUs(os.Getenv("GOMAXPROCS"))
 
 // countCPUs returns the number of CPUs the process may use, as the runtime
-// counts them (affinity and cgroup quota included), unless gomaxprocs, the
-// environment's GOMAXPROCS, set that count: it is meant for the manager
-// alone, and the workers then share the CPUs of the affinity mask.
+// counts them by default (affinity and cgroup quota included), whatever
+// gomaxprocs, the environment's GOMAXPROCS, says: that is meant for the
+// manager alone. The process's GOMAXPROCS is left as it was.
 func countCPUs(gomaxprocs string) int {
 	if gomaxprocs == "" {
 		return runtime.GOMAXPROCS(0)
 	}
-	return affinityCPUs()
+	set := runtime.GOMAXPROCS(0)
+	runtime.SetDefaultGOMAXPROCS()
+	return runtime.GOMAXPROCS(set) // the default, as it puts set back
 }
 
 // procsPerWorker shares the CPUs among the workers: with as many workers as
