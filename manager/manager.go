@@ -45,6 +45,9 @@ type Manager struct {
 	// handed is the memory file the pool is handed over in (handPool),
 	// nil until the first SIGHUP. Only the upgrader uses it.
 	handed *os.File
+	// stoppedSuccessor is the new generation a stop signal was passed on
+	// to (passOn), which this one waits for before it exits; 0 if none.
+	stoppedSuccessor atomic.Int64
 
 	// mu guards the pool, its version, the workers and the ready count. It
 	// is held across a pool mutation and its broadcast, so that workers see
@@ -165,6 +168,10 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// The stop signals end ctx too; after a handover they are passed on.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(term)
 
 	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.Lifecycle.PIDFile, ListenConfig: listenConfig()})
 	if err != nil {
@@ -190,7 +197,16 @@ func Run(ctx context.Context, configPath string, cfg *Config, log *slog.Logger) 
 	}
 	m.configPath = configPath
 	m.handed = handedFile
-	return m.serve(ctx, upg, hup, proxyLn, adminLn)
+	err = m.serve(ctx, upg, signals{hup: hup, term: term}, proxyLn, adminLn)
+	m.waitStoppedSuccessor()
+	return err
+}
+
+// signals are the ones a generation acts on, or passes on once it has
+// handed over (passOn).
+type signals struct {
+	hup  <-chan os.Signal // SIGHUP
+	term <-chan os.Signal // SIGTERM, SIGINT
 }
 
 // maxPoolBytes is the most the servers registered through the admin API
@@ -203,7 +219,7 @@ const maxPoolBytes = ipc.MaxFrameSize * 3 / 4
 // readyTimeout bounds how long the manager waits for its first workers.
 const readyTimeout = 30 * time.Second
 
-func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan os.Signal, proxyLn, adminLn net.Listener) error {
+func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, sig signals, proxyLn, adminLn net.Listener) error {
 	f, err := listenerFile(proxyLn.(*net.TCPListener))
 	if err != nil {
 		return fmt.Errorf("sharing the proxy listener: %w", err)
@@ -274,7 +290,7 @@ func (m *Manager) serve(ctx context.Context, upg *tableflip.Upgrader, hup <-chan
 		return fmt.Errorf("signalling ready: %w", err)
 	}
 	live = true
-	stopUpgrades := m.handleUpgrades(upg, hup, gone)
+	stopUpgrades := m.handleUpgrades(upg, sig, gone)
 	defer stopUpgrades()
 	stopTrim := trimMemory()
 	defer stopTrim()

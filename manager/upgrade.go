@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
@@ -20,10 +21,10 @@ import (
 // handleUpgrades starts a new generation through tableflip on SIGHUP. The
 // new generation runs the binary now on disk with the configuration now on
 // disk; this one keeps serving until it is ready, and goes on serving if it
-// fails. Once one is ready, SIGHUPs are passed on to it until gone is
+// fails. Once one is ready, signals are passed on to it until gone is
 // closed (see passOn). It returns a function that stops starting new
 // generations and waits.
-func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal, gone <-chan struct{}) (stop func()) {
+func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, sig signals, gone <-chan struct{}) (stop func()) {
 	done := make(chan struct{})
 	// parentGone: the generation this one took over from has exited, or
 	// there was none. tableflip starts no new generation before.
@@ -41,8 +42,8 @@ func (m *Manager) handleUpgrades(upg *tableflip.Upgrader, hup <-chan os.Signal, 
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		if m.upgrader(upg, hup, parentGone, done) {
-			go m.passOn(hup, gone)
+		if m.upgrader(upg, sig.hup, parentGone, done) {
+			go m.passOn(sig, gone)
 		}
 	}()
 	return func() {
@@ -102,29 +103,57 @@ func (m *Manager) upgrader(upg *tableflip.Upgrader, hup <-chan os.Signal, parent
 	}
 }
 
-// passOn sends each SIGHUP that reaches this generation after it handed
-// over to the generation now serving, until gone. The signal was meant for
-// that one: systemd signals the process it knows as the main one, and
-// learns the new one's PID from the PID file only when this one exits,
-// after its drain. The new generation is found by the PID file, and is
-// this one's child until this one exits.
-func (m *Manager) passOn(hup <-chan os.Signal, gone <-chan struct{}) {
+// passOn sends each SIGHUP, SIGTERM or SIGINT that reaches this
+// generation after it handed over to the generation now serving, until
+// gone. The signal was meant for that one: systemd signals the process it
+// knows as the main one, and learns the new one's PID from the PID file
+// only when this one exits, after its drain; and once that one exits at a
+// stop, it kills whatever is left. So after passing a stop on, this
+// generation waits for the new one to exit (waitStoppedSuccessor). The new
+// generation is found by the PID file, and is this one's child until this
+// one exits: it starts no generation of its own before.
+func (m *Manager) passOn(sig signals, gone <-chan struct{}) {
 	for {
+		var s os.Signal
 		select {
 		case <-gone:
 			return
-		case <-hup:
-			pid, err := m.successor()
-			if err == nil {
-				err = unix.Kill(pid, unix.SIGHUP)
-			}
-			if err != nil {
-				m.log.Warn("SIGHUP ignored: this generation has handed over and is draining; signal the new one", "error", err)
-				continue
-			}
-			m.log.Info("SIGHUP passed on to the new generation", "pid", pid)
+		case s = <-sig.hup:
+		case s = <-sig.term:
 		}
+		n := s.(syscall.Signal)
+		pid, err := m.successor()
+		if err == nil {
+			err = unix.Kill(pid, n)
+		}
+		if err != nil {
+			m.log.Warn(unix.SignalName(n)+" not passed on: this generation has handed over and is draining; signal the new one", "error", err)
+			continue
+		}
+		if n != syscall.SIGHUP {
+			m.stoppedSuccessor.Store(int64(pid))
+		}
+		m.log.Info(unix.SignalName(n)+" passed on to the new generation", "pid", pid)
 	}
+}
+
+// waitStoppedSuccessor waits, if this generation passed a stop on to the
+// new one, until that one has exited, within the drain timeout and a
+// margin: the new generation drains its workers within its own.
+func (m *Manager) waitStoppedSuccessor() {
+	pid := int(m.stoppedSuccessor.Load())
+	if pid == 0 {
+		return
+	}
+	m.log.Info("waiting for the new generation to stop", "pid", pid)
+	deadline := time.Now().Add(time.Duration(m.cfg.Lifecycle.DrainTimeout) + 10*time.Second)
+	for time.Now().Before(deadline) {
+		if state, ppid, err := procStat(pid); err != nil || ppid != os.Getpid() || state == "Z" {
+			return // exited
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m.log.Warn("the new generation did not stop in time", "pid", pid)
 }
 
 // successor returns the PID of the generation that took over from this
@@ -142,24 +171,26 @@ func (m *Manager) successor() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("PID file %s holds %q", path, b)
 	}
-	if ppid, err := parentOf(pid); err != nil || ppid != os.Getpid() {
+	if _, ppid, err := procStat(pid); err != nil || ppid != os.Getpid() {
 		return 0, fmt.Errorf("PID file %s names %d, not a process this one started", path, pid)
 	}
 	return pid, nil
 }
 
-// parentOf returns the parent process of pid, from /proc.
-func parentOf(pid int) (int, error) {
+// procStat returns the state (R, S, Z...) and the parent of process pid,
+// from /proc.
+func procStat(pid int) (state string, ppid int, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
 	if len(f) < 2 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+		return "", 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
 	}
-	return strconv.Atoi(f[1])
+	ppid, err = strconv.Atoi(f[1])
+	return f[0], ppid, err
 }
 
 func (m *Manager) setHandover(on bool) {

@@ -219,6 +219,60 @@ func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
 	}
 }
 
+// A stop that reaches a generation draining after a handover, as systemd
+// sends it (to the process it still knows as the main one, then killing
+// whatever is left once that one exits), stops the new generation too:
+// the old one passes it on, and exits only once the new one has stopped.
+func TestStopDuringTheOldGenerationsDrainStopsTheNewOne(t *testing.T) {
+	d := start(t, options{long: true})
+	arrived, release := make(chan struct{}), make(chan struct{})
+	d.register(t, httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, "done")
+	}))
+	released := sync.OnceFunc(func() { close(release) })
+	defer released()
+	first := d.pid(t)
+	slow := make(chan error, 1)
+	go func() {
+		res, err := http.Get(d.proxy + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(res.Body)
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	<-arrived
+
+	syscall.Kill(first, syscall.SIGHUP)
+	waitFor(t, 30*time.Second, "a new generation in the PID file", func() bool { return d.pid(t) != first })
+	second := d.pid(t)
+	secondTree := append(children(second), second)
+	syscall.Kill(first, syscall.SIGTERM)
+	waitFor(t, 15*time.Second, "the new generation, workers included, to stop", func() bool { return exited(secondTree...) })
+	if !alive(first) {
+		t.Error("the first generation exited before its request under way finished")
+	}
+	released()
+	if err := <-slow; err != nil {
+		t.Errorf("the request under way across the stop: %v", err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first generation did not exit within 15s of its request finishing")
+	}
+	if d.exitCode != 0 {
+		t.Errorf("the first generation exited with %d, want 0", d.exitCode)
+	}
+	if !strings.Contains(d.log.String(), "SIGTERM passed on to the new generation") {
+		t.Error("the first generation did not say it passed the stop on")
+	}
+}
+
 // Failed upgrades cost nothing that stays: the memory file the pool is
 // handed over in is made once, not once per attempt, and the pool still
 // reaches the generation that finally starts.
