@@ -213,7 +213,7 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		m.waitInForce(r.Context(), version)
 		return http.StatusOK, v, nil
 	}
-	if m.pool.Bytes()-encodedSize(m.pool.Get(s.ID))+encodedSize(&s) > m.maxPoolBytes {
+	if m.poolBytesAfter(&s) > m.maxPoolBytes {
 		n := m.pool.Len()
 		m.mu.Unlock()
 		return 0, nil, errorf(http.StatusInsufficientStorage,
@@ -236,6 +236,17 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 		m.log.Info("server updated", "server", s.ID, "url", s.URL, "weight", s.Weight)
 	}
 	return http.StatusOK, c.view, nil
+}
+
+// poolBytesAfter bounds the size of the pool's snapshot once s and the
+// changes queued before it are made (a queued removal is not counted).
+// Called with m.mu held.
+func (m *Manager) poolBytesAfter(s *Server) int {
+	n := m.pool.Bytes() - encodedSize(m.pool.Get(s.ID)) + encodedSize(s)
+	for _, c := range m.queued {
+		n += encodedSize(c.add)
+	}
+	return n
 }
 
 // errNotSaved answers a change that was not made because the state file,

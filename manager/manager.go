@@ -210,9 +210,8 @@ type signals struct {
 }
 
 // maxPoolBytes is the most the servers registered through the admin API
-// may take in a snapshot, which reaches a worker in one IPC frame: a
-// quarter of ipc.MaxFrameSize is left for the settings and for additions
-// queued together. About 22,000 servers with 250-character host names,
+// may take in a snapshot, which reaches a worker in one IPC frame; the
+// rest of ipc.MaxFrameSize is room to spare for the settings. About 22,000 servers with 250-character host names,
 // 170,000 with IPv4 addresses.
 const maxPoolBytes = ipc.MaxFrameSize * 3 / 4
 
