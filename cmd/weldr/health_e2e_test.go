@@ -379,7 +379,7 @@ func TestCheckOfAnEarlierRegistrationIsDropped(t *testing.T) {
 	d := startWeldr(t, 1, "[health]\ninterval = \"1m\"\n")
 	b := newOrigin(t, "b", "/health")
 	b.mode.Store("hang")
-	reg := `{"url": "` + b.url() + `", "health_check": {"path": "/health", "timeout": "1s", "fall": 1}}`
+	reg := `{"url": "` + b.url() + `", "health_check": {"path": "/health", "timeout": "3s", "fall": 1}}`
 	if code, body := d.api(t, "POST", "/servers", reg); code != http.StatusCreated {
 		t.Fatalf("POST = %d %s, want 201", code, body)
 	}
