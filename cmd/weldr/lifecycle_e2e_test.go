@@ -43,6 +43,104 @@ func (d *daemon) upgrade(t *testing.T) (oldPID, newPID int) {
 	return oldPID, newPID
 }
 
+// replaceableBinary copies weldr's binary to a directory of its own, for a
+// test to start weldr from and replace on disk (replaceBinary): a new
+// generation runs what the path holds then.
+func replaceableBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "weldr")
+	copyBinary(t, bin)
+	return bin
+}
+
+// replaceBinary puts in bin's place, in one rename, a shell script that runs
+// script, in which $weldr names a copy of weldr's binary.
+func replaceBinary(t *testing.T, bin, script string) {
+	t.Helper()
+	real := filepath.Join(filepath.Dir(bin), "weldr-real")
+	if _, err := os.Stat(real); err != nil { // once: it may be running
+		copyBinary(t, real)
+	}
+	next := filepath.Join(filepath.Dir(bin), "weldr-next")
+	if err := os.WriteFile(next, []byte("#!/bin/sh\nweldr="+real+"\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, bin); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyBinary(t *testing.T, to string) {
+	t.Helper()
+	b, err := os.ReadFile(weldrBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldAnswer is what a request held by its origin (holdRequest) got.
+type heldAnswer struct {
+	code int
+	body string
+	err  error
+}
+
+// holdRequest registers with d an origin that holds GET /slow until
+// released, and answers "done" to it and to everything else; it sends GET
+// /slow through d and returns once the origin has it. The request is
+// released when the test ends, if not before.
+func holdRequest(t *testing.T, d *daemon) (release func(), answer <-chan heldAnswer) {
+	t.Helper()
+	arrived, held := make(chan struct{}), make(chan struct{})
+	d.register(t, httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-held
+		}
+		io.WriteString(w, "done")
+	}))
+	release = sync.OnceFunc(func() { close(held) })
+	t.Cleanup(release)
+	got := make(chan heldAnswer, 1)
+	go func() {
+		res, err := http.Get(d.proxy + "/slow")
+		if err != nil {
+			got <- heldAnswer{err: err}
+			return
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- heldAnswer{res.StatusCode, string(b), err}
+	}()
+	<-arrived
+	return release, got
+}
+
+// wantDone checks that a held request, released, got the origin's answer.
+func wantDone(t *testing.T, answer <-chan heldAnswer, what string) {
+	t.Helper()
+	if r := <-answer; r.err != nil || r.code != 200 || r.body != "done" {
+		t.Errorf("%s = %d %q %v, want 200 \"done\"", what, r.code, r.body, r.err)
+	}
+}
+
+// mustExit0 waits for the first generation to exit, 0, within 15 s of
+// what it waited for.
+func (d *daemon) mustExit0(t *testing.T, after string) {
+	t.Helper()
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the first generation did not exit within 15s of %s", after)
+	}
+	if d.exitCode != 0 {
+		t.Errorf("the first generation exited with %d after %s, want 0", d.exitCode, after)
+	}
+}
+
 func TestUpgradesUnderLoadLoseNothing(t *testing.T) {
 	d := start(t, options{})
 	a, b := newOrigin(t, "a", "/health"), newOrigin(t, "b", "/health")
@@ -75,15 +173,7 @@ func TestUpgradesUnderLoadLoseNothing(t *testing.T) {
 // leaves the socket to the generation that started it, which keeps
 // serving: only a generation that served shuts the socket down as it stops.
 func TestNewGenerationStoppedBeforeReadyLeavesTheSocket(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "weldr")
-	b, err := os.ReadFile(weldrBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := replaceableBinary(t)
 	d := start(t, options{bin: bin})
 	a := newOrigin(t, "a", "/health")
 	d.register(t, a.url())
@@ -92,15 +182,7 @@ func TestNewGenerationStoppedBeforeReadyLeavesTheSocket(t *testing.T) {
 	// The binary on disk becomes one whose process may open only 20
 	// files: the new manager gets as far as starting its workers, and
 	// fails to, again and again.
-	real := filepath.Join(dir, "weldr-real")
-	if err := os.WriteFile(real, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "weldr-new")
-	os.WriteFile(wrapper, []byte("#!/bin/sh\nulimit -n 20\nexec "+real+" \"$@\"\n"), 0o755)
-	if err := os.Rename(wrapper, bin); err != nil {
-		t.Fatal(err)
-	}
+	replaceBinary(t, bin, `ulimit -n 20; exec "$weldr" "$@"`)
 	syscall.Kill(old, syscall.SIGHUP)
 	var next int
 	waitFor(t, 30*time.Second, "the new generation to fail to start its workers", func() bool {
@@ -131,51 +213,16 @@ func TestNewGenerationStoppedBeforeReadyLeavesTheSocket(t *testing.T) {
 // upgrade of its own, fail, and, as it stopped, shut down the socket it
 // shares with the new generation.
 func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "weldr")
-	b, err := os.ReadFile(weldrBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := replaceableBinary(t)
 	d := start(t, options{bin: bin, long: true})
-	arrived, release := make(chan struct{}), make(chan struct{})
-	d.register(t, httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(arrived)
-			<-release
-		}
-		io.WriteString(w, "done")
-	}))
-	released := sync.OnceFunc(func() { close(release) })
-	defer released()
+	// A request under way keeps the first generation draining.
+	released, slow := holdRequest(t, d)
 	first := d.pid(t)
 	firstTree := append(children(first), first)
-	// A request under way keeps the first generation draining.
-	slow := make(chan error, 1)
-	go func() {
-		res, err := http.Get(d.proxy + "/slow")
-		if err == nil {
-			_, err = io.ReadAll(res.Body)
-			res.Body.Close()
-		}
-		slow <- err
-	}()
-	<-arrived
 
 	// The binary on disk becomes one that takes a second to start, so that
 	// the second SIGHUP comes while the new generation starts.
-	real := filepath.Join(dir, "weldr-real")
-	if err := os.WriteFile(real, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "weldr-new")
-	os.WriteFile(wrapper, []byte("#!/bin/sh\nsleep 1\nexec "+real+" \"$@\"\n"), 0o755)
-	if err := os.Rename(wrapper, bin); err != nil {
-		t.Fatal(err)
-	}
+	replaceBinary(t, bin, `sleep 1; exec "$weldr" "$@"`)
 	syscall.Kill(first, syscall.SIGHUP)
 	waitFor(t, 10*time.Second, "the first SIGHUP to be taken", func() bool {
 		return strings.Contains(d.log.String(), "SIGHUP: starting a new generation")
@@ -200,9 +247,7 @@ func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
 	}
 
 	released()
-	if err := <-slow; err != nil {
-		t.Errorf("the request under way across both SIGHUPs: %v", err)
-	}
+	wantDone(t, slow, "the request under way across both SIGHUPs")
 	waitFor(t, 15*time.Second, "the first generation to exit, workers included", func() bool { return exited(firstTree...) })
 	if code, _, body := d.get(t, "/"); code != 200 || body != "done" {
 		t.Errorf("GET / once the first generation exited = %d %q, want 200", code, body)
@@ -225,27 +270,8 @@ func TestSIGHUPDuringAnUpgradeReachesTheNewGeneration(t *testing.T) {
 // the old one passes it on, and exits only once the new one has stopped.
 func TestStopDuringTheOldGenerationsDrainStopsTheNewOne(t *testing.T) {
 	d := start(t, options{long: true})
-	arrived, release := make(chan struct{}), make(chan struct{})
-	d.register(t, httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(arrived)
-			<-release
-		}
-		io.WriteString(w, "done")
-	}))
-	released := sync.OnceFunc(func() { close(release) })
-	defer released()
+	released, slow := holdRequest(t, d)
 	first := d.pid(t)
-	slow := make(chan error, 1)
-	go func() {
-		res, err := http.Get(d.proxy + "/slow")
-		if err == nil {
-			_, err = io.ReadAll(res.Body)
-			res.Body.Close()
-		}
-		slow <- err
-	}()
-	<-arrived
 
 	syscall.Kill(first, syscall.SIGHUP)
 	waitFor(t, 30*time.Second, "a new generation in the PID file", func() bool { return d.pid(t) != first })
@@ -257,17 +283,8 @@ func TestStopDuringTheOldGenerationsDrainStopsTheNewOne(t *testing.T) {
 		t.Error("the first generation exited before its request under way finished")
 	}
 	released()
-	if err := <-slow; err != nil {
-		t.Errorf("the request under way across the stop: %v", err)
-	}
-	select {
-	case <-d.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the first generation did not exit within 15s of its request finishing")
-	}
-	if d.exitCode != 0 {
-		t.Errorf("the first generation exited with %d, want 0", d.exitCode)
-	}
+	wantDone(t, slow, "the request under way across the stop")
+	d.mustExit0(t, "its request finishing")
 	if !strings.Contains(d.log.String(), "SIGTERM passed on to the new generation") {
 		t.Error("the first generation did not say it passed the stop on")
 	}
@@ -277,15 +294,7 @@ func TestStopDuringTheOldGenerationsDrainStopsTheNewOne(t *testing.T) {
 // handed over in is made once, not once per attempt, and the pool still
 // reaches the generation that finally starts.
 func TestFailedUpgradesLeaveNoMemoryFiles(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "weldr")
-	b, err := os.ReadFile(weldrBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := replaceableBinary(t)
 	d := start(t, options{bin: bin})
 	a := newOrigin(t, "a", "/health")
 	d.register(t, a.url())
@@ -293,15 +302,7 @@ func TestFailedUpgradesLeaveNoMemoryFiles(t *testing.T) {
 
 	// The binary on disk passes the check of its configuration, then
 	// exits at once: each new generation fails before it is ready.
-	real := filepath.Join(dir, "weldr-real")
-	if err := os.WriteFile(real, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "weldr-new")
-	os.WriteFile(wrapper, []byte("#!/bin/sh\ncase \"$1\" in -check-config) exec "+real+" \"$@\";; esac\nexit 1\n"), 0o755)
-	if err := os.Rename(wrapper, bin); err != nil {
-		t.Fatal(err)
-	}
+	replaceBinary(t, bin, `case "$1" in -check-config) exec "$weldr" "$@";; esac; exit 1`)
 	memfds := func() (n int) {
 		entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 		for _, e := range entries {
@@ -324,12 +325,7 @@ func TestFailedUpgradesLeaveNoMemoryFiles(t *testing.T) {
 	}
 
 	// The real binary again: the pool reaches the new generation.
-	if err := os.WriteFile(wrapper, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(wrapper, bin); err != nil {
-		t.Fatal(err)
-	}
+	replaceBinary(t, bin, `exec "$weldr" "$@"`)
 	d.upgrade(t)
 	if code, _, body := d.get(t, "/"); code != 200 || body != "a" {
 		t.Errorf("GET / after the upgrade = %d %q, want 200 from a", code, body)
@@ -404,41 +400,8 @@ func TestBrokenConfigOnSIGHUPKeepsServing(t *testing.T) {
 // drain timeout and then reset them), and weldr exits 0 with its workers.
 func TestSIGTERMFinishesInFlightRequest(t *testing.T) {
 	d := start(t, options{long: true})
-	arrived, release := make(chan struct{}), make(chan struct{})
-	slow := httpOrigin(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(arrived)
-			<-release
-		}
-		io.WriteString(w, "done")
-	})
-	d.register(t, slow)
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	release, got := holdRequest(t, d)
 	pid, workers := d.pid(t), children(d.pid(t))
-
-	type result struct {
-		code int
-		body string
-		err  error
-	}
-	got := make(chan result, 1)
-	go func() {
-		res, err := http.Get(d.proxy + "/slow")
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(res.Body)
-		res.Body.Close()
-		got <- result{res.StatusCode, string(b), err}
-	}()
-	<-arrived
 	syscall.Kill(pid, syscall.SIGTERM)
 	// Far inside the drain's minute.
 	waitFor(t, 10*time.Second, "new connections to the proxy to be refused", func() bool {
@@ -448,18 +411,9 @@ func TestSIGTERMFinishesInFlightRequest(t *testing.T) {
 		}
 		return errors.Is(err, syscall.ECONNREFUSED)
 	})
-	close(release)
-	if r := <-got; r.err != nil || r.code != 200 || r.body != "done" {
-		t.Errorf("in-flight request across SIGTERM = %d %q %v, want 200 \"done\"", r.code, r.body, r.err)
-	}
-	select {
-	case <-d.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatal("weldr did not exit within 15s of SIGTERM")
-	}
-	if d.exitCode != 0 {
-		t.Errorf("weldr exited with %d after SIGTERM, want 0", d.exitCode)
-	}
+	release()
+	wantDone(t, got, "the request under way across SIGTERM")
+	d.mustExit0(t, "SIGTERM")
 	for _, w := range workers {
 		if alive(w) {
 			t.Errorf("worker %d still running after the manager exited", w)
