@@ -239,11 +239,15 @@ func (m *Manager) addServer(r *http.Request) (int, any, error) {
 }
 
 // poolBytesAfter bounds the size of the pool's snapshot once s and the
-// changes queued before it are made (a queued removal is not counted).
-// Called with m.mu held.
+// changes before it, queued or being saved, are made. Those count as
+// additions in full (a removal not at all, an update as if new). Called
+// with m.mu held.
 func (m *Manager) poolBytesAfter(s *Server) int {
 	n := m.pool.Bytes() - encodedSize(m.pool.Get(s.ID)) + encodedSize(s)
 	for _, c := range m.queued {
+		n += encodedSize(c.add)
+	}
+	for _, c := range m.saving {
 		n += encodedSize(c.add)
 	}
 	return n

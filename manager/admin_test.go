@@ -166,17 +166,20 @@ func TestAdminRefusesAServerThePoolHasNoRoomFor(t *testing.T) {
 		t.Errorf("POST an existing server again = %d %s, want 200", code, body)
 	}
 	call(t, srv, "DELETE", "/servers/127.0.0.1/9001", "")
-	// An addition queued ahead (waiting for the state file) takes the room.
-	m.mu.Lock()
-	m.queued = []*change{{add: &Server{ID: "127.0.0.1:9005", URL: "http://127.0.0.1:9005"}}}
-	m.mu.Unlock()
-	code, _, body = call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9004"}`)
-	if code != http.StatusInsufficientStorage {
-		t.Errorf("POST with an addition queued ahead = %d %s, want 507", code, body)
+	// An addition ahead, queued or being saved, takes the room.
+	ahead := []*change{{add: &Server{ID: "127.0.0.1:9005", URL: "http://127.0.0.1:9005"}}}
+	for _, where := range []*[]*change{&m.queued, &m.saving} {
+		m.mu.Lock()
+		*where = ahead
+		m.mu.Unlock()
+		code, _, body = call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9004"}`)
+		if code != http.StatusInsufficientStorage {
+			t.Errorf("POST with an addition ahead = %d %s, want 507", code, body)
+		}
+		m.mu.Lock()
+		*where = nil
+		m.mu.Unlock()
 	}
-	m.mu.Lock()
-	m.queued = nil
-	m.mu.Unlock()
 	if code, _, body := call(t, srv, "POST", "/servers", `{"url": "http://127.0.0.1:9004"}`); code != http.StatusCreated {
 		t.Errorf("POST a fourth after a DELETE = %d %s, want 201", code, body)
 	}

@@ -48,7 +48,7 @@ func (m *Manager) commitQueued() {
 	path := m.cfg.State.File
 	m.mu.Lock()
 	batch := m.queued
-	m.queued = nil
+	m.queued, m.saving = nil, batch
 	var next []Server
 	changed := false
 	if path != "" && len(batch) > 0 {
@@ -70,6 +70,7 @@ func (m *Manager) commitQueued() {
 			m.apply(c)
 		}
 	}
+	m.saving = nil
 	m.mu.Unlock()
 	if err != nil {
 		m.stateFailures.Add(1)

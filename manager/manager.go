@@ -67,6 +67,7 @@ type Manager struct {
 
 	handover bool      // a new generation is starting: mutations wait for it
 	queued   []*change // admin changes waiting to be saved and made; guarded by mu
+	saving   []*change // the queued changes being saved, not yet made; guarded by mu
 	// stateMu is held by whoever commits the queued changes (see commit):
 	// one state file write at a time, and nothing else changing the
 	// registered servers between a save and the changes it holds being
