@@ -48,6 +48,7 @@ type Manager struct {
 	// stoppedSuccessor is the new generation a stop signal was passed on
 	// to (passOn), which this one waits for before it exits; 0 if none.
 	stoppedSuccessor atomic.Int64
+	stopPassedAt     time.Time // when; written before stoppedSuccessor
 
 	// mu guards the pool, its version, the workers and the ready count. It
 	// is held across a pool mutation and its broadcast, so that workers see

@@ -130,7 +130,8 @@ func (m *Manager) passOn(sig signals, gone <-chan struct{}) {
 			m.log.Warn(unix.SignalName(n)+" not passed on: this generation has handed over and is draining; signal the new one", "error", err)
 			continue
 		}
-		if n != syscall.SIGHUP {
+		if n != syscall.SIGHUP && m.stoppedSuccessor.Load() == 0 {
+			m.stopPassedAt = time.Now()
 			m.stoppedSuccessor.Store(int64(pid))
 		}
 		m.log.Info(unix.SignalName(n)+" passed on to the new generation", "pid", pid)
@@ -138,15 +139,17 @@ func (m *Manager) passOn(sig signals, gone <-chan struct{}) {
 }
 
 // waitStoppedSuccessor waits, if this generation passed a stop on to the
-// new one, until that one has exited, within the drain timeout and a
-// margin: the new generation drains its workers within its own.
+// new one, until that one has exited. The new one drains within its own
+// drain timeout, kills its workers 5 s later, and may take 5 s to close its
+// admin API: the wait is bounded by this generation's drain timeout and 15
+// s from the stop, or a minute, whichever is longer.
 func (m *Manager) waitStoppedSuccessor() {
-	pid := int(m.stoppedSuccessor.Load())
+	pid := int(m.stoppedSuccessor.Load()) // stored after stopPassedAt
 	if pid == 0 {
 		return
 	}
 	m.log.Info("waiting for the new generation to stop", "pid", pid)
-	deadline := time.Now().Add(time.Duration(m.cfg.Lifecycle.DrainTimeout) + 10*time.Second)
+	deadline := m.stopPassedAt.Add(max(time.Duration(m.cfg.Lifecycle.DrainTimeout)+15*time.Second, time.Minute))
 	for time.Now().Before(deadline) {
 		if state, ppid, err := procStat(pid); err != nil || ppid != os.Getpid() || state == "Z" {
 			return // exited

@@ -115,15 +115,26 @@ func holdRequest(t *testing.T, d *daemon) (release func(), answer <-chan heldAns
 		res.Body.Close()
 		got <- heldAnswer{res.StatusCode, string(b), err}
 	}()
-	<-arrived
+	select {
+	case <-arrived:
+	case r := <-got:
+		t.Fatalf("GET /slow = %d %q %v before its origin held it", r.code, r.body, r.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("GET /slow did not reach its origin within 30s")
+	}
 	return release, got
 }
 
 // wantDone checks that a held request, released, got the origin's answer.
 func wantDone(t *testing.T, answer <-chan heldAnswer, what string) {
 	t.Helper()
-	if r := <-answer; r.err != nil || r.code != 200 || r.body != "done" {
-		t.Errorf("%s = %d %q %v, want 200 \"done\"", what, r.code, r.body, r.err)
+	select {
+	case r := <-answer:
+		if r.err != nil || r.code != 200 || r.body != "done" {
+			t.Errorf("%s = %d %q %v, want 200 \"done\"", what, r.code, r.body, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("%s: no answer within 30s of its release", what)
 	}
 }
 
@@ -277,6 +288,10 @@ func TestStopDuringTheOldGenerationsDrainStopsTheNewOne(t *testing.T) {
 	waitFor(t, 30*time.Second, "a new generation in the PID file", func() bool { return d.pid(t) != first })
 	second := d.pid(t)
 	secondTree := append(children(second), second)
+	// Handed over: a stop before that would abandon the new generation.
+	waitFor(t, 10*time.Second, "the first generation to hear the new one is ready", func() bool {
+		return strings.Contains(d.log.String(), "new generation is ready, draining this one")
+	})
 	syscall.Kill(first, syscall.SIGTERM)
 	waitFor(t, 15*time.Second, "the new generation, workers included, to stop", func() bool { return exited(secondTree...) })
 	if !alive(first) {
