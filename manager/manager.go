@@ -45,10 +45,9 @@ type Manager struct {
 	// handed is the memory file the pool is handed over in (handPool),
 	// nil until the first SIGHUP. Only the upgrader uses it.
 	handed *os.File
-	// stoppedSuccessor is the new generation a stop signal was passed on
-	// to (passOn), which this one waits for before it exits; 0 if none.
-	stoppedSuccessor atomic.Int64
-	stopPassedAt     time.Time // when; written before stoppedSuccessor
+	// stopPassed is the stop signal passed on to the new generation
+	// (passOn), which this one waits for before it exits; nil if none.
+	stopPassed atomic.Pointer[passedStop]
 
 	// mu guards the pool, its version, the workers and the ready count. It
 	// is held across a pool mutation and its broadcast, so that workers see
@@ -213,8 +212,8 @@ type signals struct {
 
 // maxPoolBytes is the most the servers registered through the admin API
 // may take in a snapshot, which reaches a worker in one IPC frame; the
-// rest of ipc.MaxFrameSize is room to spare for the settings. About 22,000 servers with 250-character host names,
-// 170,000 with IPv4 addresses.
+// rest of ipc.MaxFrameSize is room to spare for the settings. About 22,000
+// servers with 250-character host names, 170,000 with IPv4 addresses.
 const maxPoolBytes = ipc.MaxFrameSize * 3 / 4
 
 // readyTimeout bounds how long the manager waits for its first workers.

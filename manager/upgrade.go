@@ -130,12 +130,18 @@ func (m *Manager) passOn(sig signals, gone <-chan struct{}) {
 			m.log.Warn(unix.SignalName(n)+" not passed on: this generation has handed over and is draining; signal the new one", "error", err)
 			continue
 		}
-		if n != syscall.SIGHUP && m.stoppedSuccessor.Load() == 0 {
-			m.stopPassedAt = time.Now()
-			m.stoppedSuccessor.Store(int64(pid))
+		if n != syscall.SIGHUP {
+			m.stopPassed.CompareAndSwap(nil, &passedStop{pid: pid, at: time.Now()})
 		}
 		m.log.Info(unix.SignalName(n)+" passed on to the new generation", "pid", pid)
 	}
+}
+
+// passedStop is a stop signal passed on to the new generation: its PID,
+// and when.
+type passedStop struct {
+	pid int
+	at  time.Time
 }
 
 // waitStoppedSuccessor waits, if this generation passed a stop on to the
@@ -144,12 +150,13 @@ func (m *Manager) passOn(sig signals, gone <-chan struct{}) {
 // admin API: the wait is bounded by this generation's drain timeout and 15
 // s from the stop, or a minute, whichever is longer.
 func (m *Manager) waitStoppedSuccessor() {
-	pid := int(m.stoppedSuccessor.Load()) // stored after stopPassedAt
-	if pid == 0 {
+	stop := m.stopPassed.Load()
+	if stop == nil {
 		return
 	}
+	pid := stop.pid
 	m.log.Info("waiting for the new generation to stop", "pid", pid)
-	deadline := m.stopPassedAt.Add(max(time.Duration(m.cfg.Lifecycle.DrainTimeout)+15*time.Second, time.Minute))
+	deadline := stop.at.Add(max(time.Duration(m.cfg.Lifecycle.DrainTimeout)+15*time.Second, time.Minute))
 	for time.Now().Before(deadline) {
 		if state, ppid, err := procStat(pid); err != nil || ppid != os.Getpid() || state == "Z" {
 			return // exited
