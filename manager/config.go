@@ -431,18 +431,25 @@ func (c *Config) Validate() error {
 	}
 
 	ids := make(map[string]int) // server id -> index of its first entry
+	poolBytes := 0
 	for i, s := range c.Servers {
 		key := fmt.Sprintf("servers[%d]", i)
-		if id, _, err := ParseServerURL(s.URL); err != nil {
+		if id, canonical, err := ParseServerURL(s.URL); err != nil {
 			add(key+".url", "%w", err)
 		} else if first, dup := ids[id]; dup {
 			add(key+".url", "duplicate of servers[%d]", first)
 		} else {
 			ids[id] = i
+			poolBytes += encodedSize(&Server{ID: id, URL: canonical})
 		}
 		if s.Weight < 0 || s.Weight > 1000 {
 			add(key+".weight", "must be between 1 and 1000")
 		}
+	}
+	if poolBytes > maxPoolBytes {
+		// Past this, no worker could be given the pool (see maxPoolBytes).
+		add("servers", "%d servers take up to %d bytes in the message that gives a worker the pool, more than the %d it may take",
+			len(c.Servers), poolBytes, maxPoolBytes)
 	}
 	return errors.Join(errs...)
 }

@@ -813,3 +813,30 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// A configuration file may list only as many servers as fit the message
+// that gives a worker the pool: past it, no worker could start.
+func TestConfigServersFitTheWorkersPool(t *testing.T) {
+	// Names of 250 characters: about 23,000 servers fit.
+	long := strings.Repeat("a", 57) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 57)
+	server := func(i int) ServerConfig {
+		return ServerConfig{URL: fmt.Sprintf("http://%06d%s:8080", i, long)}
+	}
+	id, canonical, err := ParseServerURL(server(0).URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fit := maxPoolBytes / encodedSize(&Server{ID: id, URL: canonical})
+	c := Default()
+	for i := range fit {
+		c.Servers = append(c.Servers, server(i))
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate() with %d servers, as many as fit = %v, want nil", fit, err)
+	}
+	c.Servers = append(c.Servers, server(fit))
+	err = c.Validate()
+	if errs := joined(err); len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), "servers: ") {
+		t.Errorf("Validate() with %d servers, one more than fit = %v, want one error naming servers", fit+1, err)
+	}
+}

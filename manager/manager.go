@@ -81,7 +81,7 @@ type Manager struct {
 	upgradeFailures atomic.Uint64 // SIGHUPs whose new generation failed
 	stateFailures   atomic.Uint64 // state file writes that failed
 	workersCount    int
-	maxPoolBytes    int // the most the admin API lets the pool take in a snapshot
+	maxPoolBytes    int // the most the pool may take in a snapshot
 }
 
 // New returns a manager for cfg with the static servers of cfg and the
@@ -210,10 +210,11 @@ type signals struct {
 	term <-chan os.Signal // SIGTERM, SIGINT
 }
 
-// maxPoolBytes is the most the servers registered through the admin API
-// may take in a snapshot, which reaches a worker in one IPC frame; the
-// rest of ipc.MaxFrameSize is room to spare for the settings. About 22,000
-// servers with 250-character host names, 170,000 with IPv4 addresses.
+// maxPoolBytes is the most the pool's servers may take in a snapshot,
+// which reaches a worker in one IPC frame; the rest of ipc.MaxFrameSize is
+// room to spare for the settings. About 22,000 servers with 250-character
+// host names, 170,000 with IPv4 addresses. The configuration file
+// (Validate), the admin API and the saved pool (addSaved) are held to it.
 const maxPoolBytes = ipc.MaxFrameSize * 3 / 4
 
 // readyTimeout bounds how long the manager waits for its first workers.

@@ -213,16 +213,25 @@ func (m *Manager) loadHanded(b []byte) (ok bool) {
 	return true
 }
 
-// addSaved adds saved servers that the configuration file does not have.
+// addSaved adds saved servers that the configuration file does not have,
+// as many as the pool has room for (maxPoolBytes): past it, no worker
+// could be given the pool and none would serve.
 func (m *Manager) addSaved(servers []Server, source string) {
-	added := 0
+	added, left := 0, 0
 	for _, s := range servers {
 		if m.pool.Get(s.ID) != nil {
 			continue // the configuration file has it; its settings win
 		}
+		if m.pool.Bytes()+encodedSize(&s) > m.maxPoolBytes {
+			left++
+			continue
+		}
 		s.Added = m.started
 		m.pool.Add(s)
 		added++
+	}
+	if left > 0 {
+		m.log.Error("the pool is full: saved servers left out", "from", source, "left_out", left, "pool_bytes", m.pool.Bytes(), "max_bytes", m.maxPoolBytes)
 	}
 	m.log.Info("pool loaded", "from", source, "servers", added)
 }

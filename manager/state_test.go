@@ -388,3 +388,34 @@ func serverKeys(servers []Server, key func(Server) string) []string {
 	}
 	return out
 }
+
+// Saved servers are added only while the pool has room for them in the
+// message that gives a worker the pool, and those left out are reported.
+func TestSavedServersFitTheWorkersPool(t *testing.T) {
+	cfg := Default()
+	cfg.Servers = []ServerConfig{{URL: "http://127.0.0.1:7000"}}
+	m, _, _ := newTestManager(t, cfg)
+	var logs strings.Builder
+	m.log = slog.New(slog.NewTextHandler(&logs, nil))
+	one := &Server{ID: "127.0.0.1:9001", URL: "http://127.0.0.1:9001"}
+	m.maxPoolBytes = 3 * encodedSize(one)
+
+	var saved []Server
+	for port := 9001; port <= 9004; port++ {
+		id := fmt.Sprintf("127.0.0.1:%d", port)
+		saved = append(saved, Server{ID: id, URL: "http://" + id, Weight: 1, Health: cfg.Health})
+	}
+	saved = append(saved, Server{ID: "127.0.0.1:7000", URL: "http://127.0.0.1:7000", Weight: 1, Health: cfg.Health})
+	m.addSaved(saved, "the test")
+
+	var got []string
+	for _, s := range m.pool.List() {
+		got = append(got, s.ID)
+	}
+	if strings.Join(got, " ") != "127.0.0.1:7000 127.0.0.1:9001 127.0.0.1:9002" {
+		t.Errorf("pool = %v, want the configured server and the first two saved ones", got)
+	}
+	if !strings.Contains(logs.String(), "the pool is full") || !strings.Contains(logs.String(), "left_out=2") {
+		t.Errorf("log = %q, want the two servers left out reported", logs.String())
+	}
+}
