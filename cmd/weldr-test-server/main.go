@@ -2,6 +2,7 @@
 //
 //	GET /       -> "Hello World"
 //	GET /large  -> a large text body
+//	another method on those -> 405
 //	anything else -> 404
 //
 // Usage: weldr-test-server [port]   (default 12345, on 127.0.0.1)
@@ -36,18 +37,24 @@ func main() {
 		}
 		port = p
 	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	srv := &http.Server{Addr: addr, Handler: handler(), ReadHeaderTimeout: 10 * time.Second}
+	log.Printf("weldr-test-server listening on http://%s", addr)
+	log.Fatal(srv.ListenAndServe())
+}
+
+// handler answers GET (and HEAD) on / and /large; other methods there get
+// 405 with an Allow header, other paths 404.
+func handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("Hello World"))
 	})
-	mux.HandleFunc("/large", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /large", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Content-Length", strconv.Itoa(len(large)))
 		w.Write(large)
 	})
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Printf("weldr-test-server listening on http://%s", addr)
-	log.Fatal(srv.ListenAndServe())
+	return mux
 }
