@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of weldr builds on small requests: wrk -t2 -c$CONNS through each
+# A/B of weldr builds, on small requests by default: wrk -t2 -c$CONNS through each
 # build in turn, PAIRS times, alternating, and for each run requests/s,
 # p99 and the CPU of weldr's process tree per request, split into user and
 # kernel time (from /proc, 10 ms ticks), and the client connections each
@@ -9,7 +9,8 @@
 # weldr with itself, where the user-space share moves more clearly than
 # the total on a noisy machine.
 #
-#   ./bench/ab.sh /tmp/weldr-old /tmp/weldr-new     # PAIRS=6 DURATION=6 CONNS=64 CLOSE=
+#   ./bench/ab.sh /tmp/weldr-old /tmp/weldr-new     # PAIRS=6 DURATION=6 CONNS=64 CLOSE= URL_PATH=/
+#   URL_PATH=/large ./bench/ab.sh ...               # 1 MiB answers: req/s is then about MiB/s
 #
 # Builds: go build -o /tmp/weldr-new ./cmd/weldr (and from a worktree of
 # the other commit). The backend is ../shared/bench's. Ports 29301-29303
@@ -19,7 +20,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 shared=${SHARED_BENCH:-$repo/../shared/bench}
 export PATH=$PATH:/usr/local/go/bin
-PAIRS=${PAIRS:-6} DURATION=${DURATION:-6} CONNS=${CONNS:-64}
+PAIRS=${PAIRS:-6} DURATION=${DURATION:-6} CONNS=${CONNS:-64} URL_PATH=${URL_PATH:-/}
 # CLOSE=1: a connection per request (wrk sends "Connection: close").
 hdr=(); [[ ${CLOSE:-} == 1 ]] && hdr=(-H "Connection: close")
 (($# >= 1)) || { echo "usage: $0 WELDR_BINARY..." >&2; exit 2; }
@@ -48,10 +49,10 @@ run() {
     WELDR_BIN=$bin WELDR_ADMIN_PORT=29399 "$here/weldr-cmd.sh" >"$work/weldr.log" 2>&1 &
   w=$!
   for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:29303/ && break; sleep 0.1; done
-  wrk -t2 -c"$CONNS" -d2s "${hdr[@]}" http://127.0.0.1:29303/ >/dev/null # warm-up
+  wrk -t2 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:29303$URL_PATH" >/dev/null # warm-up
   tree=("$w" $(pgrep -P "$w"))
   u0=$(ticks 14 "${tree[@]}") k0=$(ticks 15 "${tree[@]}") b0=$(($(ticks 14 "${backends[@]}") + $(ticks 15 "${backends[@]}")))
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" http://127.0.0.1:29303/ >"$work/wrk.out" &
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:29303$URL_PATH" >"$work/wrk.out" &
   wp=$!
   # Halfway through, the client connections each worker holds.
   sleep "$((DURATION / 2))"
@@ -67,7 +68,7 @@ printf 'build\treq/s\tp99\tcpu_us/req\tuser_us/req\tkernel_us/req\tclients_per_w
 for _ in $(seq "$PAIRS"); do
   for bin in "$@"; do run "$bin" | tee -a "$work/runs.tsv"; done
 done
-echo "medians of $PAIRS runs each (wrk -t2 -c$CONNS -d${DURATION}s ${hdr[*]}):"
+echo "medians of $PAIRS runs each (wrk -t2 -c$CONNS -d${DURATION}s ${hdr[*]} $URL_PATH):"
 for bin in "$@"; do
   awk -F'\t' -v name="$(basename "$bin")" '
     function median(a, n,   i, j, t) {for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) {t = a[j]; a[j] = a[j-1]; a[j-1] = t}

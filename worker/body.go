@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"github.com/weldr-proxy/weldr/internal/sockio"
 )
 
 // Bodies pass through weldr re-framed by weldr: a chunked body is decoded
@@ -28,31 +30,29 @@ type srcError struct{ err error }
 func (e *srcError) Error() string { return "reading body: " + e.err.Error() }
 func (e *srcError) Unwrap() error { return e.err }
 
-// copyFixed copies n bytes from br (whose connection is srcConn) to bw
-// (whose connection is dstConn). With splice, large bodies go between the
-// sockets directly once the buffers are drained; a splice error does not say
-// which side failed, so request bodies, where that matters, do not splice.
-func copyFixed(bw *bufio.Writer, dstConn net.Conn, br *bufio.Reader, srcConn net.Conn, n int64, splice bool) (int64, error) {
+// copyFixed copies n bytes from br to bw. Given the sockets under them
+// (src and dst; nil for none), a large rest goes socket to socket once the
+// buffers are drained (sockio.Splice). relayResponse gives them; sendBody
+// does not, so request bodies go through the buffers (splicing them has
+// not been measured).
+func copyFixed(bw *bufio.Writer, dst *sockIO, br *bufio.Reader, src *sockIO, n int64) (int64, error) {
 	var done int64
 	for done < n {
 		if br.Buffered() == 0 {
 			rest := n - done
-			if done > 0 && splice && rest >= spliceMin && isTCP(dstConn) && isTCP(srcConn) {
-				// A large rest goes socket to socket.
+			if done > 0 && rest >= spliceMin && dst != nil && src != nil && dst.Raw != nil && src.Raw != nil {
 				if err := bw.Flush(); err != nil {
 					return done, err
 				}
-				k, err := io.CopyN(dstConn, srcConn, rest) // TCPConn.ReadFrom: splice(2)
+				k, err := sockio.Splice(&dst.Conn, &src.Conn, rest)
 				done += k
-				if err == nil {
-					return done, nil
+				if !errors.Is(err, sockio.ErrNoPipe) {
+					if err != nil {
+						err = classify(err)
+					}
+					return done, err
 				}
-				// A failed splice does not say which side broke: ask the
-				// source.
-				if err == io.EOF || !socketOpen(srcConn) {
-					return done, &srcError{err}
-				}
-				return done, err
+				// No pipe: the rest goes through the buffers.
 			}
 			// About to wait for the sender: pass on what is buffered first,
 			// so a slow body streams instead of arriving all at the end.
@@ -105,22 +105,6 @@ func copyBuffered(bw *bufio.Writer, br *bufio.Reader, n int64) (int64, error) {
 		}
 	}
 	return done, nil
-}
-
-func isTCP(c net.Conn) bool { _, ok := c.(*net.TCPConn); return ok }
-
-// socketOpen reports whether c is still open for reading: a non-blocking
-// peek finds data or nothing yet, rather than EOF or an error.
-func socketOpen(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	return peekOpen(raw, true)
 }
 
 // peekOpen peeks at raw without blocking. Pending data counts as open only

@@ -247,7 +247,7 @@ func (cc *clientConn) sendBody(up *upConn) error {
 	if req.chunked {
 		_, err = copyChunked(up.bw, cc.br, true, false, f.readSize, f.maxBody)
 	} else {
-		_, err = copyFixed(up.bw, up.c, cc.br, cc.c, req.contentLength, false)
+		_, err = copyFixed(up.bw, nil, cc.br, nil, req.contentLength)
 	}
 	if err == nil {
 		err = up.bw.Flush()
@@ -314,7 +314,7 @@ func (cc *clientConn) relayResponse(up *upConn, b *backend, start time.Time) boo
 	var err error
 	switch mode {
 	case bodyFixed:
-		n, err = copyFixed(bw, cc.c, up.br, up.c, res.contentLength, true)
+		n, err = copyFixed(bw, &cc.sio, up.br, &up.sio, res.contentLength)
 	case bodyChunked:
 		n, err = copyChunked(bw, up.br, rechunk, true, f.readSize, 0)
 	case bodyUntilClose:

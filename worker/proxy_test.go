@@ -918,6 +918,8 @@ func TestBackendBreaksOffBody(t *testing.T) {
 		{"content-length", "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + strings.Repeat("x", 100)},
 		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n" + strings.Repeat("x", 100) + "\r\n"},
 		{"chunked, no chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"},
+		// Past the read buffer, the rest is spliced (copyFixed).
+		{"content-length, spliced", "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + strings.Repeat("x", 512<<10)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -950,6 +952,31 @@ func TestBackendBreaksOffBody(t *testing.T) {
 			checkServer(t, sum, ipc.ServerStats{ID: s.ID, Failed: 1})
 		})
 	}
+}
+
+// A client that goes away during a large answer, which weldr splices, is
+// the client's failure, not the backend's.
+func TestClientLeavesDuringALargeAnswer(t *testing.T) {
+	data, _ := testData(16<<20, 4)
+	_, s := origin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Write(data)
+	})
+	h := startWorker(t, testSettings(), s)
+	c, br := dialRaw(t, h)
+	io.WriteString(c, "GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(res.Body, make([]byte, 256<<10)); err != nil {
+		t.Fatalf("reading the first 256 KiB: %v", err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset, with most of the body to come
+	sum := h.finish(t)
+	checkClients(t, sum, 0, 1)
+	checkServer(t, sum, ipc.ServerStats{ID: s.ID, Success: 1})
 }
 
 func TestBackendClosesBeforeBody(t *testing.T) {

@@ -1,4 +1,4 @@
-// Package sockio reads and writes TCP sockets with raw system calls,
+// Package sockio reads, writes and splices TCP sockets with raw system calls,
 // waiting for readiness through the Go runtime's poller as net.Conn does
 // (deadlines and Close included).
 //
