@@ -51,8 +51,9 @@ func Splice(dst, src *Conn, n int64) (int64, error) {
 			err = io.EOF
 		}
 		if err != nil {
+			done := s.done
 			splicers.put(s) // empty: a failed fill moved nothing
-			return s.done, err
+			return done, err
 		}
 		s.errno = 0
 		if err := dst.Err("write", dst.Raw.Write(s.drainFn), s.errno); err != nil {
@@ -61,7 +62,7 @@ func Splice(dst, src *Conn, n int64) (int64, error) {
 		}
 	}
 	splicers.put(s)
-	return s.done, nil
+	return n, nil
 }
 
 // splicer is a pipe to splice through, with its callbacks, made once, and
@@ -142,13 +143,16 @@ func splice(in, out uintptr, n int) (moved int, again bool, errno syscall.Errno)
 }
 
 // splicerPool keeps empty pipes between Splices, at most maxIdleSplicers
-// of them: making one takes three system calls.
+// of them: making one takes three system calls. It keeps few, as an idle
+// pipe still counts in full against the user's allowance of pipe pages
+// (fs.pipe-user-pages-soft, 64 MiB by default), past which an unprivileged
+// process gets 8 KiB pipes.
 type splicerPool struct {
 	mu   sync.Mutex // guards idle
 	idle []*splicer
 }
 
-const maxIdleSplicers = 64
+const maxIdleSplicers = 8
 
 var splicers splicerPool
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,5 +149,31 @@ func TestSpliceDeadlineAndRetry(t *testing.T) {
 	b := make([]byte, 4)
 	if _, err := io.ReadFull(dstPeer, b); err != nil || string(b) != "late" {
 		t.Errorf("the destination got %q, %v; want \"late\"", b, err)
+	}
+}
+
+// Splices at once, each on its own sockets, share the pool of pipes: each
+// returns its own count (under -race, no Splice touches a pipe once it is
+// back in the pool).
+func TestSplicesAtOnce(t *testing.T) {
+	const splicers, rounds, n = 8, 100, 1000
+	var wg sync.WaitGroup
+	wrong := make(chan string, splicers*rounds)
+	for range splicers {
+		sp := splicePair(t)
+		go io.Copy(io.Discard, sp.dstPeer)
+		go sp.srcPeer.Write(make([]byte, rounds*n))
+		wg.Go(func() {
+			for range rounds {
+				if moved, err := Splice(sp.dst, sp.src, n); moved != n || err != nil {
+					wrong <- fmt.Sprintf("Splice() = %d, %v; want %d, nil", moved, err, n)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(wrong)
+	for w := range wrong {
+		t.Error(w)
 	}
 }
